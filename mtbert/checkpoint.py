@@ -1,0 +1,104 @@
+"""Checkpoints that survive a crash, and the self-contained trained-model directory.
+
+Resumable checkpoints hold model, optimizer, trainer and RNG state. They are written to a temporary
+file and renamed into place, so a kill mid-write leaves the previous checkpoint intact, and they are
+read with `torch.load(weights_only=True)`, which refuses pickled code. The trained-model directory
+holds `model.safetensors`, `mtbert.json` (resolved config and encoder shape) and the tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.safetensors"
+META_FILE = "mtbert.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted: truncated, corrupt, or of an unexpected shape."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: Any, config: dict[str, Any]) -> Path:
+    """Write a resumable checkpoint (model, optimizer, trainer state, RNG, config) atomically."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": dataclasses.asdict(state),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "config": config,
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely. Raises CheckpointError if it is truncated or not ours."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path}: cannot be loaded safely ({type(err).__name__}: {err})") from err
+    missing = {"model", "optimizer", "state", "rng_cpu", "config"} - set(payload)
+    if missing:
+        raise CheckpointError(f"{path}: not an mtbert checkpoint (missing {sorted(missing)})")
+    return payload
+
+
+def restore_rng(payload: dict[str, Any]) -> None:
+    torch.set_rng_state(payload["rng_cpu"])
+    if payload["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng_cuda"])
+
+
+def save_model(out_dir: str | Path, model: torch.nn.Module, tokenizer: Any,
+               meta: dict[str, Any]) -> Path:
+    """Write the trained model directory: weights, metadata and tokenizer."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(out_dir / MODEL_FILE, lambda tmp: save_file(state, str(tmp)))
+    tokenizer.save_pretrained(str(out_dir))
+    atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    return out_dir
+
+
+def read_model_files(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a trained-model directory (safetensors: no code is executed)."""
+    model_dir = Path(model_dir)
+    for name in (MODEL_FILE, META_FILE):
+        if not (model_dir / name).exists():
+            raise FileNotFoundError(f"{model_dir}: not a trained mtbert model (no {name})")
+    return load_file(str(model_dir / MODEL_FILE)), json.loads((model_dir / META_FILE).read_text())

@@ -1,0 +1,153 @@
+"""The `mtbert` command line: reads params.yaml (plus `section.key=value` overrides), runs a stage.
+
+    mtbert [--params params.yaml] [-q] COMMAND [options] [section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from mtbert.config import Config, ConfigError, load_config
+
+log = logging.getLogger("mtbert")
+
+
+def _progress_callback(quiet: bool):
+    from tqdm import tqdm
+
+    from mtbert.train import Callback
+
+    class Progress(Callback):
+        """A progress bar with throughput and ETA; silent in quiet mode."""
+
+        def __init__(self) -> None:
+            self.bar = None
+
+        def on_step(self, state, metrics) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=state.total_steps, initial=state.global_step - 1,
+                                desc="train", unit="step", disable=quiet, mininterval=2.0)
+            self.bar.update(1)
+            losses = {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items() if k.endswith("/loss")}
+            if losses:
+                self.bar.set_postfix(losses, refresh=False)
+
+        def on_epoch_end(self, state) -> None:
+            if self.bar is not None and state.global_step >= state.total_steps:
+                self.bar.close()
+
+    return Progress()
+
+
+def cmd_import_data(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert import stages
+
+    paths = stages.import_data(cfg, args.source)
+    print(f"imported {len(paths)} files into {cfg.data.raw_dir}/")
+
+
+def cmd_prepare(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert import stages
+
+    report = stages.prepare(cfg)
+    skipped = len(report["issues"])
+    print(f"prepared {len(report['files'])} files into {cfg.data.prepared_dir}/; "
+          f"{skipped} malformed rows skipped (listed in {cfg.data.prepared_dir}/report.json)")
+
+
+def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert import stages, tracking
+
+    start = time.monotonic()
+    with tracking.start_run(cfg, "train") as run:
+        tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
+        logger = tracking.MlflowCallback(run.info.run_id, fallback_path=Path(cfg.train.out_dir)
+                                         .with_name("unsent_metrics.jsonl"))
+        state = stages.train(cfg, resume=not args.no_resume,
+                             callbacks=[_progress_callback(args.quiet), logger])
+        logger.close()
+        tracking.mlflow.log_metric("train/wall_s", time.monotonic() - start)
+        tracking.save_run_id(cfg.train.out_dir, run.info.run_id)  # the model dir was rewritten
+    print(f"trained {state.global_step} steps in {time.monotonic() - start:.0f} s -> {cfg.train.out_dir}/")
+
+
+def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert import stages, tracking
+
+    metrics = stages.evaluate(cfg)
+    run_id = tracking.load_run_id(cfg.train.out_dir)
+    with tracking.start_run(cfg, "evaluate", run_id=run_id):
+        tracking.log_evaluation(metrics, cfg.eval.out_dir)
+    _print_metrics(metrics)
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    names = [("SST accuracy", "dev/sst/accuracy"), ("Quora accuracy", "dev/para/accuracy"),
+             ("STS Pearson r", "dev/sts/pearson"), ("overall", "dev/overall")]
+    for label, key in names:
+        if key in metrics:
+            print(f"{label:>15}: {metrics[key]:.4f}")
+
+
+def cmd_predict(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert.serving import predict_file
+
+    n = predict_file(args.model_dir or cfg.train.out_dir, args.task, args.input, args.output,
+                     batch_size=cfg.eval.batch_size)
+    print(f"wrote {n} predictions to {args.output}")
+
+
+def cmd_config(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert.config import to_dict
+
+    print(json.dumps(to_dict(cfg), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtbert", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (CI logs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("import-data", help="copy the course CSVs into data.raw_dir")
+    p.add_argument("--source", help="directory holding the course CSVs (default: data.source)")
+    sub.add_parser("prepare", help="validate raw CSVs and write typed tables")
+    p = sub.add_parser("train", help="train the multitask model (resumes an interrupted run)")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    sub.add_parser("evaluate", help="dev metrics, prediction files and plots")
+    p = sub.add_parser("predict", help="predict a task for a CSV/TSV of sentences")
+    p.add_argument("--task", required=True, choices=["sst", "para", "sts"])
+    p.add_argument("--input", required=True, help="course-format file (id, sentence[1], sentence2)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--model-dir", help="trained model directory (default: train.out_dir)")
+    sub.add_parser("config", help="print the resolved configuration")
+    return parser
+
+
+COMMANDS = {"import-data": cmd_import_data, "prepare": cmd_prepare, "train": cmd_train,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if "=" not in r]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like train.lr=2e-5)")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.params, rest)
+    except ConfigError as err:
+        print(f"mtbert: bad configuration: {err}", file=sys.stderr)
+        return 2
+    COMMANDS[args.command](cfg, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Inference and dev-set evaluation for the three tasks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtbert.batching import TokenizedTask, collate, make_batches
+from mtbert.metrics import accuracy, confusion_matrix, overall_score, pearson, spearman
+from mtbert.model.multitask import MultitaskBert
+
+
+@dataclass
+class TaskPredictions:
+    """Predictions for one task, in frame row order.
+
+    `labels` are class ids (sst 0..4, para 0/1) or scores (sts, clipped to 0..5); `scores` are the
+    raw outputs (sst: max softmax probability, para: probability of duplicate, sts: unclipped).
+    """
+
+    task: str
+    labels: np.ndarray
+    scores: np.ndarray
+
+
+@torch.inference_mode()
+def predict(model: MultitaskBert, data: TokenizedTask, batch_size: int,
+            precision: str = "fp32") -> TaskPredictions:
+    """Run the model over every row of `data` in length-sorted batches; return rows in order."""
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = data.lengths()
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)  # similar lengths -> little padding
+    batches = make_batches([lengths[i] for i in order], batch_size, shuffle=False, bucket=False)
+    outputs = np.zeros((len(lengths), 5 if data.task == "sst" else 1), dtype=np.float32)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    for batch_pos in batches:
+        rows = [order[i] for i in batch_pos]
+        batch = collate(data, rows).to(device)
+        with autocast:
+            out = model(data.task, batch.enc).float()
+        outputs[rows] = out.reshape(len(rows), -1).cpu().numpy()
+    return _to_predictions(data.task, outputs)
+
+
+def _to_predictions(task: str, outputs: np.ndarray) -> TaskPredictions:
+    if task == "sst":
+        probs = torch.softmax(torch.from_numpy(outputs), dim=-1).numpy()
+        return TaskPredictions(task, probs.argmax(-1), probs.max(-1))
+    raw = outputs[:, 0]
+    if task == "para":
+        prob = 1.0 / (1.0 + np.exp(-raw))
+        return TaskPredictions(task, (prob > 0.5).astype(np.int64), prob)
+    return TaskPredictions(task, np.clip(raw, 0.0, 5.0), raw)
+
+
+def task_metrics(pred: TaskPredictions, gold: np.ndarray) -> dict[str, float]:
+    """Dev metrics of one task, named as logged: accuracy, or pearson and spearman."""
+    if pred.task == "sts":
+        return {"pearson": pearson(pred.labels, gold), "spearman": spearman(pred.labels, gold)}
+    return {"accuracy": accuracy(pred.labels, gold)}
+
+
+def summary_metrics(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Flatten to `dev/<task>/<metric>` names plus `dev/overall` when all three tasks are present."""
+    flat = {f"dev/{task}/{name}": value for task, m in per_task.items() for name, value in m.items()}
+    if {"sst", "para", "sts"} <= set(per_task):
+        flat["dev/overall"] = overall_score(per_task["sst"]["accuracy"], per_task["para"]["accuracy"],
+                                            per_task["sts"]["pearson"])
+    return flat
+
+
+def sst_confusion(pred: TaskPredictions, gold: np.ndarray) -> np.ndarray:
+    return confusion_matrix(pred.labels, gold, num_classes=5)
+
+
+# Column headers of the course's prediction files (the starter's spelling, typo included).
+PREDICTION_HEADERS = {
+    "sst": "Predicted_Sentiment",
+    "para": "Predicted_Is_Paraphrase",
+    "sts": "Predicted_Similiarity",
+}
+
+
+def write_course_predictions(path: str | Path, ids: pd.Series, pred: TaskPredictions) -> Path:
+    """Write predictions in the course's output format (`id \t Predicted_X` header, `id , value`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"id \t {PREDICTION_HEADERS[pred.task]} \n"]
+    lines += [f"{i} , {v} \n" for i, v in zip(ids.tolist(), pred.labels.tolist())]
+    path.write_text("".join(lines))
+    return path

@@ -1,0 +1,249 @@
+"""Pipeline stages: the functions that dvc.yaml (through the CLI), the CLI and the Prefect flow call.
+
+Each stage reads the typed config, calls the core and writes its outputs to the paths the config
+names. Stages hold no modelling logic; tracking goes through `mtbert.tracking`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtbert import data as data_io
+from mtbert.batching import TokenizedTask, tokenize_frame
+from mtbert.checkpoint import (
+    CHECKPOINT_FILE,
+    atomic_write_text,
+    load_checkpoint,
+    read_model_files,
+    restore_rng,
+    save_checkpoint,
+    save_model,
+)
+from mtbert.config import Config, config_from_resolved, to_dict
+from mtbert.evaluate import (
+    predict,
+    sst_confusion,
+    summary_metrics,
+    task_metrics,
+    write_course_predictions,
+)
+from mtbert.model.bert import BertConfig
+from mtbert.model.load_hf import load_tokenizer
+from mtbert.model.multitask import MultitaskBert, build_multitask, multitask_from_state
+from mtbert.optim import build_optimizer
+from mtbert.plots import confusion_png, scatter_png
+from mtbert.tasks import TASKS
+from mtbert.train import Callback, TrainState, fit
+
+log = logging.getLogger("mtbert")
+
+REPORT_FILE = "report.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data stages
+
+
+def import_data(cfg: Config, source: str | None = None) -> list[Path]:
+    """Copy the course CSVs from `source` (default `data.source`) into `data.raw_dir`."""
+    return data_io.import_raw(source or cfg.data.source, cfg.data.raw_dir)
+
+
+def prepared_path(cfg: Config, task: str, split: str, augmented: bool = False) -> Path:
+    root = cfg.data.augmented_dir if augmented else cfg.data.prepared_dir
+    return Path(root) / f"{task}-{split}.parquet"
+
+
+def prepare(cfg: Config) -> dict[str, Any]:
+    """Validate every raw file and write typed parquet tables plus a report of skipped rows."""
+    report: dict[str, Any] = {"on_error": cfg.data.on_error, "files": {}, "issues": []}
+    for (task, split), name in data_io.RAW_FILES.items():
+        if split not in data_io.REQUIRED_SPLITS and not (Path(cfg.data.raw_dir) / name).exists():
+            continue  # test files are optional
+        result = data_io.read_split(cfg.data.raw_dir, task, split, on_error=cfg.data.on_error)
+        out = prepared_path(cfg, task, split)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.frame.to_parquet(out, index=False)
+        report["files"][name] = {"rows": len(result.frame), "skipped": len(result.issues)}
+        for issue in result.issues:
+            log.warning("skipped %s:%d: field '%s': %s", name, issue.line, issue.field, issue.reason)
+            report["issues"].append(dataclasses.asdict(issue))
+    atomic_write_text(Path(cfg.data.prepared_dir) / REPORT_FILE, json.dumps(report, indent=2))
+    return report
+
+
+def _sample(frame: pd.DataFrame, size: int | None, replace: bool, seed: int) -> pd.DataFrame:
+    if size is None or (not replace and size >= len(frame)):
+        return frame
+    return frame.sample(n=size, replace=replace, random_state=seed).reset_index(drop=True)
+
+
+def train_frames(cfg: Config) -> dict[str, pd.DataFrame]:
+    """Training tables per task, raw or augmented, trimmed or resampled as the config says."""
+    augmented = cfg.data.train_source == "augmented"
+    frames = {}
+    for task in TASKS:
+        frame = pd.read_parquet(prepared_path(cfg, task, "train", augmented))
+        frame = _sample(frame, cfg.data.train_size.get(task), replace=False, seed=cfg.seed)
+        frames[task] = _sample(frame, cfg.data.resample_to.get(task), replace=True, seed=cfg.seed)
+    return frames
+
+
+def dev_frame(cfg: Config, task: str, split: str = "dev") -> pd.DataFrame:
+    frame = pd.read_parquet(prepared_path(cfg, task, split))
+    size = cfg.data.dev_size.get(task) if split == "dev" else None
+    return frame if size is None else frame.head(size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: cuda requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class CheckpointCallback(Callback):
+    """Writes a resumable checkpoint every `every` steps and at each epoch end (atomically)."""
+
+    def __init__(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 every: int, config: dict[str, Any]) -> None:
+        self.path, self.model, self.optimizer = path, model, optimizer
+        self.every, self.config = every, config
+
+    def save(self, state: TrainState) -> None:
+        save_checkpoint(self.path, model=self.model, optimizer=self.optimizer, state=state,
+                        config=self.config)
+
+    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        if self.every and state.global_step % self.every == 0:
+            self.save(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.save(state)
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    # Beside, not inside, the model directory: DVC clears a stage's outputs before re-running it,
+    # and the checkpoint must survive that to be resumed.
+    return Path(cfg.train.out_dir).with_name(Path(cfg.train.out_dir).name + "-checkpoint")
+
+
+def _maybe_resume(cfg: Config, model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer) -> TrainState | None:
+    path = checkpoint_dir(cfg) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    payload = load_checkpoint(path)
+    if payload["config"] != to_dict(cfg):
+        log.warning("not resuming %s: it was written with a different config; starting fresh", path)
+        return None
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    restore_rng(payload)
+    state = TrainState(**payload["state"])
+    log.info("resuming from %s at epoch %d, step %d", path, state.epoch, state.global_step)
+    return state
+
+
+def tokenize_tasks(cfg: Config, tokenizer: Any, frames: dict[str, pd.DataFrame]) -> dict[str, TokenizedTask]:
+    return {task: tokenize_frame(tokenizer, frame, task, cfg.model.pair_encoding, cfg.model.max_length)
+            for task, frame in frames.items()}
+
+
+def train(cfg: Config, resume: bool = True, callbacks: list[Callback] | None = None) -> TrainState:
+    """Train the multitask model and write it to `train.out_dir`.
+
+    With `resume`, a checkpoint written by an interrupted run with the same config is continued.
+    """
+    seed_everything(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
+    data = tokenize_tasks(cfg, tokenizer, train_frames(cfg))
+    model = build_multitask(cfg.model, cfg.train.init_from).to(device)
+    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
+    state = _maybe_resume(cfg, model, optimizer) if resume else None
+    ckpt = CheckpointCallback(checkpoint_dir(cfg) / CHECKPOINT_FILE, model, optimizer,
+                              cfg.train.checkpoint_every, to_dict(cfg))
+    state = fit(model, data, optimizer, cfg.train, cfg.seed, state, [ckpt, *(callbacks or [])])
+    meta = {"config": to_dict(cfg), "bert_config": dataclasses.asdict(model.encoder.config),
+            "train_state": dataclasses.asdict(state)}
+    save_model(cfg.train.out_dir, model, tokenizer, meta)
+    (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
+    return state
+
+
+def load_trained(model_dir: str | Path, device: str = "cpu") -> tuple[MultitaskBert, Any, Config]:
+    """The trained model, its tokenizer and the config it was trained with."""
+    state, meta = read_model_files(model_dir)
+    cfg = config_from_resolved(meta["config"])
+    model = multitask_from_state(BertConfig(**meta["bert_config"]), cfg.model, state)
+    return model.to(device).eval(), load_tokenizer(str(model_dir)), cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(cfg: Config) -> dict[str, float]:
+    """Dev metrics, prediction files (dev and test) and plots for the model in `train.out_dir`."""
+    device = resolve_device(cfg.train.device)
+    model, tokenizer, trained_cfg = load_trained(cfg.train.out_dir, str(device))
+    out = Path(cfg.eval.out_dir)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    per_task: dict[str, dict[str, float]] = {}
+    for task in TASKS:
+        frame = dev_frame(cfg, task)
+        data = tokenize_frame(tokenizer, frame, task, trained_cfg.model.pair_encoding,
+                              trained_cfg.model.max_length)
+        pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision)
+        write_course_predictions(out / "predictions" / f"{task}-dev-output.csv", frame["id"], pred)
+        gold = frame["label"].to_numpy()
+        per_task[task] = task_metrics(pred, gold)
+        _task_plots(task, pred, gold, per_task[task], out)
+        _predict_test(cfg, trained_cfg, model, tokenizer, task, out)
+    metrics = summary_metrics(per_task)
+    atomic_write_text(out / cfg.eval.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def _task_plots(task: str, pred: Any, gold: np.ndarray, metrics: dict[str, float], out: Path) -> None:
+    if task == "sst":
+        counts = sst_confusion(pred, gold)
+        pd.DataFrame(counts).to_csv(out / "sst-confusion.csv", index_label="gold\\pred")
+        confusion_png(counts, out / "sst-confusion.png")
+    elif task == "sts":
+        scatter_png(pred.labels, gold, metrics["pearson"], metrics["spearman"], out / "sts-scatter.png")
+
+
+def _predict_test(cfg: Config, trained_cfg: Config, model: MultitaskBert, tokenizer: Any, task: str,
+                  out: Path) -> None:
+    path = prepared_path(cfg, task, "test")
+    if not path.exists():
+        return
+    frame = pd.read_parquet(path)
+    data = tokenize_frame(tokenizer, frame, task, trained_cfg.model.pair_encoding,
+                          trained_cfg.model.max_length)
+    pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision)
+    write_course_predictions(out / "predictions" / f"{task}-test-output.csv", frame["id"], pred)

@@ -1,0 +1,184 @@
+"""The multitask training loop: a pure `train_step` and a `fit` that emits callbacks.
+
+An epoch is fully determined by (seed, epoch): the per-task batches and the task schedule are
+rebuilt from them, so a resumed run skips to its step and continues exactly where it stopped.
+Logging, checkpoints and evaluation hook in through callbacks from the edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mtbert.batching import Batch, TokenizedTask, collate, make_batches
+from mtbert.config import TrainConfig
+from mtbert.losses import task_loss
+from mtbert.model.multitask import MultitaskBert
+from mtbert.optim import lr_at
+from mtbert.pcgrad import assign_flat_grad, flat_grads, pcgrad
+from mtbert.samplers import build_schedule
+from mtbert.smart import smart_adversarial_loss
+from mtbert.tasks import TASKS
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    total_steps: int = 0
+
+
+class Callback:
+    """Hooks called by `fit`; subclasses override what they need."""
+
+    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        """After each optimizer step; `metrics` holds the step's losses."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After each epoch (state.epoch already counts it)."""
+
+
+def _seed_for(*parts: int) -> int:
+    # A stable mix of integers (Python's hash of ints is stable, but be explicit about the range).
+    value = 0
+    for p in parts:
+        value = (value * 1_000_003 + p) % (2**62)
+    return value
+
+
+def epoch_plan(data: dict[str, TokenizedTask], cfg: TrainConfig, seed: int,
+               epoch: int) -> tuple[list[tuple[str, ...]], dict[str, list[list[int]]]]:
+    """The task schedule and the per-task batches (row positions) of one epoch."""
+    batches = {
+        task: make_batches(d.lengths(), cfg.batch_size, max_tokens=cfg.max_tokens, shuffle=True,
+                           bucket=cfg.bucket, seed=_seed_for(seed, epoch, TASKS.index(task)))
+        for task, d in data.items()
+    }
+    schedule = build_schedule(cfg.sampler, {t: len(b) for t, b in batches.items()}, epoch,
+                              cfg.epochs, seed, alpha_start=cfg.alpha_start, alpha_end=cfg.alpha_end)
+    return schedule, batches
+
+
+def total_steps(data: dict[str, TokenizedTask], cfg: TrainConfig, seed: int) -> int:
+    return sum(len(epoch_plan(data, cfg, seed, e)[0]) for e in range(cfg.epochs))
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig) -> Tensor:
+    """The task loss of one batch (plus the SMART term when enabled), unscaled."""
+    device = batch.enc.input_ids.device
+    with _autocast(device, cfg.precision):
+        out = model(batch.task, batch.enc)
+        loss = task_loss(batch.task, out.float(), batch.labels, sts_loss_kind=cfg.sts_loss)
+        if cfg.smart.enabled:
+            loss = loss + cfg.smart.weight * _smart_term(model, batch, out, cfg)
+    return loss
+
+
+def _smart_term(model: MultitaskBert, batch: Batch, clean: Tensor, cfg: TrainConfig) -> Tensor:
+    embeds = model.encoder.embeddings.word_embeddings(batch.enc.input_ids)
+    kind = "regression" if batch.task == "sts" else "classification"
+    if batch.task == "para":  # one logit: compare as two-class logits [0, z]
+        def forward_fn(e: Tensor) -> Tensor:
+            z = model(batch.task, batch.enc, inputs_embeds=e)
+            return torch.stack([torch.zeros_like(z), z], dim=-1)
+        clean = torch.stack([torch.zeros_like(clean), clean], dim=-1)
+    else:
+        def forward_fn(e: Tensor) -> Tensor:
+            return model(batch.task, batch.enc, inputs_embeds=e)
+    s = cfg.smart
+    return smart_adversarial_loss(forward_fn, embeds.detach(), clean, kind, noise_var=s.noise_var,
+                                  step_size=s.step_size, epsilon=s.epsilon)
+
+
+def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.optim.Optimizer,
+               cfg: TrainConfig, step_seed: int) -> dict[str, float]:
+    """One optimizer step over one batch per task in `batches`; returns the step's metrics.
+
+    Each task's loss is back-propagated as soon as it is computed, so only one task's activations
+    are alive at a time. With PCGrad the per-task gradients are kept apart and combined by
+    gradient surgery instead of summed.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    metrics: dict[str, float] = {}
+    task_grads: list[Tensor] = []
+    surgery = cfg.pcgrad and len(batches) > 1
+    for batch in batches:
+        loss = batch_loss(model, batch, cfg)
+        (cfg.loss_scale.get(batch.task) * loss).backward()
+        metrics[f"train/{batch.task}/loss"] = loss.item()
+        if surgery:
+            task_grads.append(flat_grads(params))
+            optimizer.zero_grad(set_to_none=True)
+    if surgery:
+        result = pcgrad(task_grads, torch.Generator().manual_seed(step_seed))
+        assign_flat_grad(params, result.grad)
+        metrics["train/pcgrad_conflict_fraction"] = result.num_conflicts / max(result.num_pairs, 1)
+    if cfg.grad_clip > 0:
+        metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return metrics
+
+
+def _cursors(schedule: list[tuple[str, ...]], upto: int) -> dict[str, int]:
+    counts = dict.fromkeys(TASKS, 0)
+    for step in schedule[:upto]:
+        for task in step:
+            counts[task] += 1
+    return counts
+
+
+def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.optim.Optimizer,
+        cfg: TrainConfig, seed: int, state: TrainState | None = None,
+        callbacks: Sequence[Callback] = ()) -> TrainState:
+    """Train for `cfg.epochs` epochs, resuming from `state` if given.
+
+    Args:
+        model: the multitask model, already on its device.
+        data: tokenized training rows per task (tasks absent from the dict are not trained).
+        optimizer: built over `model`'s parameters; its lr is set every step from the schedule.
+        cfg: the train section of the config.
+        seed: run seed; with the epoch it fixes the batches and the task schedule.
+        state: where to resume (from a checkpoint); None starts at step 0.
+        callbacks: hooks for logging, checkpoints and evaluation.
+    """
+    device = next(model.parameters()).device
+    state = state or TrainState(total_steps=total_steps(data, cfg, seed))
+    warmup = int(cfg.warmup_ratio * state.total_steps)
+    while state.epoch < cfg.epochs:
+        schedule, batches = epoch_plan(data, cfg, seed, state.epoch)
+        cursor = _cursors(schedule, state.step_in_epoch)
+        for step_tasks in schedule[state.step_in_epoch:]:
+            lr = lr_at(state.global_step, state.total_steps, cfg.lr, warmup, cfg.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_batches = []
+            for task in step_tasks:  # smaller tasks cycle through their batches (round-robin)
+                rows = batches[task][cursor[task] % len(batches[task])]
+                cursor[task] += 1
+                step_batches.append(collate(data[task], rows).to(device))
+            metrics = train_step(model, step_batches, optimizer, cfg, _seed_for(seed, state.global_step))
+            metrics["train/lr"] = lr
+            state.step_in_epoch += 1
+            state.global_step += 1
+            for cb in callbacks:
+                cb.on_step(state, metrics)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+    return state
