@@ -142,6 +142,7 @@ class EvalConfig:
     batch_size: int = 128
     out_dir: str = "artifacts/eval"
     metrics_file: str = "metrics.json"
+    predict_test: bool = True
 
 
 @dataclass(frozen=True)

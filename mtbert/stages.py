@@ -222,7 +222,8 @@ def evaluate(cfg: Config) -> dict[str, float]:
         gold = frame["label"].to_numpy()
         per_task[task] = task_metrics(pred, gold)
         _task_plots(task, pred, gold, per_task[task], out)
-        _predict_test(cfg, trained_cfg, model, tokenizer, task, out)
+        if cfg.eval.predict_test:
+            _predict_test(cfg, trained_cfg, model, tokenizer, task, out)
     metrics = summary_metrics(per_task)
     atomic_write_text(out / cfg.eval.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics

@@ -281,7 +281,8 @@ def bert_state_dict_to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if parts is None:
             out[name] = tensor
         else:
-            out.update(zip(parts, tensor.chunk(len(parts), dim=0)))
+            # Clones: chunks would share storage, which safetensors refuses to save.
+            out.update(zip(parts, (c.clone() for c in tensor.chunk(len(parts), dim=0))))
     return out
 
 

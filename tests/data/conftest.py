@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mtbert.data import RAW_FILES, LoadResult, read_split
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 WriteLines = Callable[[str, list[str]], Path]
 
@@ -25,15 +22,6 @@ def write_lines(tmp_path: Path) -> WriteLines:
         return path
 
     return write
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The course data directory (``$MTBERT_DATA_DIR``, else ``<repo>/../shared/data``)."""
-    path = Path(os.environ.get("MTBERT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-    if not (path / RAW_FILES[("sst", "train")]).is_file():
-        pytest.skip(f"course data not found in {path}; set MTBERT_DATA_DIR")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything mtbert needs into ./.venv (idempotent): system packages, pinned torch, the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# WordNet for synonym augmentation (Debian's wordnet-base); skipped where it is already there.
+if [[ ! -d /usr/share/wordnet ]] && command -v apt-get >/dev/null; then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wordnet-base >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned: 2.13.0 is the CPU build the project is tested with; anything looser pulls CUDA.
+.venv/bin/python -m pip install -q 'torch==2.13.0'
+.venv/bin/python -m pip install -q -e '.[dev]' 'torch==2.13.0'
+echo "mtbert installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
