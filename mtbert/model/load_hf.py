@@ -90,8 +90,8 @@ class LoadReport:
 
     Attributes:
         ignored: checkpoint keys (after renaming) dropped by ``IGNORED_KEY_PATTERNS``.
-        missing_allowed: our keys absent from the checkpoint but named in
-            ``allow_missing``; they keep their initialisation.
+        missing_allowed: checkpoint-side (HF) names absent from the checkpoint but
+            covered by ``allow_missing``; those parameters keep their initialisation.
     """
 
     ignored: tuple[str, ...]

@@ -11,6 +11,18 @@ from mtbert.model.bert import ACTIVATIONS, BertConfig
 IGNORE_INDEX = -100
 
 
+class _Activation(nn.Module):
+    """Wraps an ``ACTIVATIONS`` entry so it can sit in ``nn.Sequential``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.fn = ACTIVATIONS[name]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Elementwise; any shape."""
+        return self.fn(x)
+
+
 class MlmHead(nn.Module):
     """HF ``BertLMPredictionHead``: dense + activation + LayerNorm, then a decoder whose
     weight is tied to the word embeddings, plus a per-token output bias.
@@ -47,18 +59,6 @@ class MlmHead(nn.Module):
         return self.decoder(self.transform(hidden))
 
 
-class _Activation(nn.Module):
-    """Wraps an ``ACTIVATIONS`` entry so it can sit in ``nn.Sequential``."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.fn = ACTIVATIONS[name]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Elementwise; any shape."""
-        return self.fn(x)
-
-
 def mask_tokens(
     input_ids: Tensor,
     special_tokens_mask: Tensor,
@@ -92,19 +92,22 @@ def mask_tokens(
     eligible = special_tokens_mask == 0
     if attention_mask is not None:
         eligible &= attention_mask != 0
-    probs = torch.full(input_ids.shape, mlm_probability, device=input_ids.device)
-    selected = torch.bernoulli(probs, generator=generator).bool() & eligible
-    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    selected = _coin(input_ids, mlm_probability, generator) & eligible
+    labels = torch.where(selected, input_ids, IGNORE_INDEX)
     # 80% of selected -> [MASK]; half of the remaining 20% -> random token.
-    to_mask = torch.bernoulli(torch.full_like(probs, 0.75), generator=generator).bool() & selected
-    half = torch.full_like(probs, 0.5)
-    to_random = torch.bernoulli(half, generator=generator).bool() & selected & ~to_mask
+    to_mask = _coin(input_ids, 0.8, generator) & selected
+    to_random = _coin(input_ids, 0.5, generator) & selected & ~to_mask
     random_ids = torch.randint(
         vocab_size, input_ids.shape, generator=generator, device=input_ids.device
     ).to(input_ids.dtype)
-    masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
-    masked = torch.where(to_random, random_ids, masked)
-    return masked, labels
+    masked = torch.where(to_mask, mask_token_id, input_ids)
+    return torch.where(to_random, random_ids, masked), labels
+
+
+def _coin(like: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """Boolean tensor shaped like ``like``, each entry True with probability ``p``."""
+    probs = torch.full(like.shape, p, device=like.device)
+    return torch.bernoulli(probs, generator=generator).bool()
 
 
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -90,7 +90,8 @@ def test_packed_matches_padded_on_real_tokens(attn_impl: str) -> None:
         padded = model(**batch)
         model.unpad = True
         packed = model(**batch)
-    assert max_diff(real(padded.last_hidden_state, mask), real(packed.last_hidden_state, mask)) < TOL
+    on_real = real(padded.last_hidden_state, mask), real(packed.last_hidden_state, mask)
+    assert max_diff(*on_real) < TOL
     assert max_diff(padded.pooler_output, packed.pooler_output) < TOL
     # Packed mode leaves padding positions at zero.
     assert packed.last_hidden_state[mask == 0].abs().max().item() == 0.0
@@ -219,7 +220,8 @@ def test_fused_qkv_and_hf_names() -> None:
     assert "embeddings.LayerNorm.weight" in names
     assert "encoder.layer.0.output.dense.weight" in names
     assert "pooler.dense.bias" in names
-    assert make_model().state_dict()["encoder.layer.0.attention.self.qkv.weight"].shape == (3 * H, H)
+    qkv = make_model().state_dict()["encoder.layer.0.attention.self.qkv.weight"]
+    assert qkv.shape == (3 * H, H)
 
 
 def test_rejects_bad_inputs() -> None:
@@ -247,7 +249,8 @@ def test_config_validation() -> None:
 
 
 def test_config_from_hf_dict() -> None:
-    d = {**dataclasses.asdict(TINY), "model_type": "bert", "use_cache": True, "classifier_dropout": None}
+    extra = {"model_type": "bert", "use_cache": True, "classifier_dropout": None}
+    d = {**dataclasses.asdict(TINY), **extra}
     assert BertConfig.from_hf_dict(d) == TINY
     assert BertConfig.from_hf_dict(TINY.to_hf_dict()) == TINY
     with pytest.raises(ValueError, match="intermediate_size"):

@@ -105,7 +105,8 @@ def hf_outputs(minilm_dir: Path, minilm_batch: dict[str, torch.Tensor]) -> dict[
 
 def test_minilm_checkpoint_contents(minilm_dir: Path) -> None:
     config = load_bert_config(minilm_dir)
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (384, 6, 12)
+    shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads)
+    assert shape == (384, 6, 12)
     assert (config.intermediate_size, config.vocab_size, config.hidden_act) == (1536, 30522, "gelu")
     state = read_state_dict(minilm_dir)
     assert set(POOLER_KEYS) <= set(state)
@@ -185,7 +186,11 @@ def test_roundtrip_loads_every_tensor(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["encoder.layer.1.attention.self.value.bias", "embeddings.LayerNorm.weight", "pooler.dense.weight"],
+    [
+        "encoder.layer.1.attention.self.value.bias",
+        "embeddings.LayerNorm.weight",
+        "pooler.dense.weight",
+    ],
 )
 def test_missing_key_is_named(tmp_path: Path, key: str) -> None:
     state = tiny_hf_state()
@@ -215,7 +220,10 @@ def test_unexpected_key_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "shape"),
-    [("encoder.layer.0.attention.self.query.weight", (32, 31)), ("encoder.layer.1.intermediate.dense.bias", (36,))],
+    [
+        ("encoder.layer.0.attention.self.query.weight", (32, 31)),
+        ("encoder.layer.1.intermediate.dense.bias", (36,)),
+    ],
 )
 def test_wrong_shape_is_named(tmp_path: Path, key: str, shape: tuple[int, ...]) -> None:
     state = tiny_hf_state()
