@@ -88,9 +88,9 @@ class WordNet:
     """Synonym look-ups over the WordNet database in `root` (use `load_wordnet`)."""
 
     root: Path
-    index: dict[str, dict[str, tuple[int, ...]]]
-    exceptions: dict[str, dict[str, tuple[str, ...]]]
-    data: dict[str, bytes]
+    index: dict[str, dict[str, tuple[int, ...]]] = field(repr=False)
+    exceptions: dict[str, dict[str, tuple[str, ...]]] = field(repr=False)
+    data: dict[str, bytes] = field(repr=False)
     _cache: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def base_forms(self, word: str, pos: str) -> list[str]:
@@ -119,7 +119,8 @@ class WordNet:
                 for lemma in self.base_forms(key, pos):
                     own.add(lemma.replace("_", " "))
                     for offset in self.index[pos][lemma]:
-                        found.extend(w.replace("_", " ") for w in _synset_words(self.data[pos], offset))
+                        words = _synset_words(self.data[pos], offset)
+                        found.extend(w.replace("_", " ") for w in words)
             self._cache[key] = tuple(dict.fromkeys(w for w in found if w not in own))
         return self._cache[key]
 
