@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from mtbert.fileio import atomic_write, atomic_write_text  # noqa: F401 - re-exported
 
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.safetensors"
@@ -26,27 +25,6 @@ META_FILE = "mtbert.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted: truncated, corrupt, or of an unexpected shape."""
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, fsync it, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -70,7 +48,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: cannot be loaded safely ({type(err).__name__}: {err})") from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path}: truncated, corrupt or not a tensors-only checkpoint "
+                              f"({type(err).__name__}: {first_line})") from err
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not an mtbert checkpoint (holds a {type(payload).__name__})")
     missing = {"model", "optimizer", "state", "rng_cpu", "config"} - set(payload)
     if missing:
         raise CheckpointError(f"{path}: not an mtbert checkpoint (missing {sorted(missing)})")
@@ -101,4 +83,9 @@ def read_model_files(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], di
     for name in (MODEL_FILE, META_FILE):
         if not (model_dir / name).exists():
             raise FileNotFoundError(f"{model_dir}: not a trained mtbert model (no {name})")
-    return load_file(str(model_dir / MODEL_FILE)), json.loads((model_dir / META_FILE).read_text())
+    try:
+        weights = load_file(str(model_dir / MODEL_FILE))
+    except Exception as err:  # safetensors raises its own error type for a foreign or cut file
+        raise CheckpointError(f"{model_dir / MODEL_FILE}: not a valid safetensors file ({err}); model "
+                              "weights are read only as safetensors, never unpickled") from err
+    return weights, json.loads((model_dir / META_FILE).read_text())

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mtbert.fileio import atomic_write
 from mtbert.tasks import TASK_SPECS, check_task
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -366,21 +365,6 @@ def read_split(data_dir: str | Path, task: str, split: str, *, on_error: str) ->
     return read_task_file(path, task, labeled=split != "test", on_error=on_error)
 
 
-def _atomic_write(dest: Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to `dest`, then rename it to `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
-
-
 def _raw_names() -> tuple[list[str], list[str]]:
     """(required, optional) file names, relative to a course data directory."""
     required = [name for (_, split), name in RAW_FILES.items() if split in REQUIRED_SPLITS]
@@ -409,7 +393,7 @@ def import_raw(source_dir: str | Path, dest_dir: str | Path) -> list[Path]:
             "(train and dev of every task are required; test and extra files are optional)"
         )
     present = required + [name for name in optional if (source / name).is_file()]
-    return [_atomic_write(dest / name, partial(shutil.copyfile, source / name)) for name in present]
+    return [atomic_write(dest / name, partial(shutil.copyfile, source / name)) for name in present]
 
 
 def write_prepared(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -422,7 +406,7 @@ def write_prepared(frame: pd.DataFrame, path: str | Path) -> Path:
         raise ValueError(f"frame has no 'id' column (columns: {list(frame.columns)})")
     out = frame.reset_index(drop=True)
     out["id"] = out["id"].astype(str)
-    return _atomic_write(Path(path), partial(out.to_parquet, engine="pyarrow", index=False))
+    return atomic_write(Path(path), partial(out.to_parquet, engine="pyarrow", index=False))
 
 
 def read_prepared(path: str | Path) -> pd.DataFrame:
