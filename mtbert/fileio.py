@@ -23,6 +23,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -31,3 +32,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
