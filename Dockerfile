@@ -34,8 +34,8 @@ COPY .dvc/config .dvc/.gitignore ./.dvc/
 COPY scripts ./scripts
 RUN git init -q . && git add -A && git -c user.name=mtbert -c user.email=mtbert@localhost commit -qm image
 
-RUN useradd --create-home mtbert && chown -R mtbert /app
-USER mtbert
+RUN useradd --create-home --uid 10001 mtbert && chown -R 10001 /app
+USER 10001
 VOLUME ["/data"]
 # Import the mounted data, version it, and rebuild the pipeline (quick profile by default).
 CMD ["bash", "-c", "mtbert -q import-data --source /data && dvc add -q data && dvc repro && dvc metrics show"]
