@@ -70,19 +70,35 @@ def cmd_augment(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages, tracking
+    from mtbert import tracking  # checks the tracking server before the slower imports and the model
 
     start = time.monotonic()
+    unsent = Path(cfg.train.out_dir).with_name("unsent_metrics.jsonl")
     with tracking.start_run(cfg, "train") as run:
+        _replay_unsent(tracking, unsent)
+        from mtbert import stages
+
         tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
-        logger = tracking.MlflowCallback(run.info.run_id, fallback_path=Path(cfg.train.out_dir)
-                                         .with_name("unsent_metrics.jsonl"))
-        state = stages.train(cfg, resume=not args.no_resume,
-                             callbacks=[_progress_callback(args.quiet), logger])
-        logger.close()
-        tracking.mlflow.log_metric("train/wall_s", time.monotonic() - start)
-        tracking.save_run_id(cfg.train.out_dir, run.info.run_id)  # the model dir was rewritten
+        logger = tracking.MlflowCallback(run.info.run_id, fallback_path=unsent)
+        try:
+            state = stages.train(cfg, resume=not args.no_resume,
+                                 callbacks=[_progress_callback(args.quiet), logger])
+            tracking.save_run_id(cfg.train.out_dir, run.info.run_id)  # the model dir was rewritten
+            logger.log_metrics({"train/wall_s": time.monotonic() - start}, state.global_step)
+        finally:  # tracking failures only warn: unsent metrics go to `unsent`, and the log says so
+            logger.close()
     print(f"trained {state.global_step} steps in {time.monotonic() - start:.0f} s -> {cfg.train.out_dir}/")
+
+
+def _replay_unsent(tracking, path: Path) -> None:
+    """Send metrics an earlier run could not (the server was down); keep the file on failure."""
+    if not path.exists():
+        return
+    try:
+        n = tracking.MlflowCallback.replay(path)
+        log.info("sent %d metric values buffered in %s by an earlier run", n, path)
+    except Exception as err:  # noqa: BLE001 - tracking only; training goes on
+        log.warning("could not send the metrics buffered in %s (%s); kept for the next run", path, err)
 
 
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
@@ -181,8 +197,13 @@ def cmd_pretrain_mlm(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_ablate(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert import ablation
 
-    rows = ablation.run_from_file(cfg, args.file, args.set, root=args.root, out=args.out,
-                                  keep_models=args.keep_models)
+    only = args.only.split(",") if args.only else None
+    try:
+        rows = ablation.run_from_file(cfg, args.file, args.set, root=args.root, out=args.out,
+                                      keep_models=args.keep_models, only=only)
+    except ConfigError as err:
+        print(f"mtbert: bad configuration: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(ablation.markdown_table(rows))
 
 
@@ -229,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="artifacts/ablation", help="runs go to ROOT/SET/CONFIG/")
     p.add_argument("--out", default="docs/ablation", help="writes OUT.md (table) and OUT.csv")
     p.add_argument("--keep-models", action="store_true", help="keep each configuration's weights")
+    p.add_argument("--only", help="comma-separated configurations to run (default: all unfinished)")
     sub.add_parser("register", help="register the trained model; promote it to champion if better")
     sub.add_parser("compare", help="table of registered versions: aliases, dev metrics, provenance")
     p = sub.add_parser("serve", help="serve the champion with `mlflow models serve` on 127.0.0.1")
@@ -255,8 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"mtbert: bad configuration: {err}", file=sys.stderr)
         return 2
-    COMMANDS[args.command](cfg, args)
+    try:
+        COMMANDS[args.command](cfg, args)
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        print(f"mtbert: error: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors whose message tells the user what to do: no traceback for them.
+
+    Looked up in sys.modules so that e.g. `mtbert config` never imports torch or MLflow.
+    """
+    kinds = [("mtbert.checkpoint", "CheckpointError"), ("mtbert.tracking", "TrackingUnavailable")]
+    classes = [getattr(sys.modules.get(module), name, None) for module, name in kinds]
+    return any(cls is not None and isinstance(err, cls) for cls in classes)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from mtbert import data as data_io
 from mtbert.batching import TokenizedTask, tokenize_frame
 from mtbert.checkpoint import (
     CHECKPOINT_FILE,
+    CheckpointError,
     atomic_write_text,
     load_checkpoint,
     read_model_files,
@@ -28,7 +29,7 @@ from mtbert.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from mtbert.config import Config, config_from_resolved, to_dict
+from mtbert.config import Config, config_from_resolved, flatten, to_dict
 from mtbert.evaluate import (
     predict,
     sst_confusion,
@@ -104,6 +105,17 @@ def dev_frame(cfg: Config, task: str, split: str = "dev") -> pd.DataFrame:
     return frame if size is None else frame.head(size)
 
 
+def augment(cfg: Config) -> dict[str, Any]:
+    """Write augmented training tables (SICK for STS, EDA for the configured tasks) and a report."""
+    from mtbert.augment import build_augmented
+
+    out = Path(cfg.data.augmented_dir)
+    report = build_augmented(Path(cfg.data.prepared_dir), Path(cfg.data.raw_dir), out,
+                             cfg.augment, cfg.seed)
+    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2, default=str))
+    return report
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -150,19 +162,39 @@ def checkpoint_dir(cfg: Config) -> Path:
 
 def _maybe_resume(cfg: Config, model: torch.nn.Module,
                   optimizer: torch.optim.Optimizer) -> TrainState | None:
+    """Restore model, optimizer, RNG and trainer state from the checkpoint of an interrupted run.
+
+    A checkpoint of another config is ignored (warning; training starts fresh and overwrites it).
+    One that cannot be read is refused: CheckpointError, telling how to start fresh instead.
+    """
     path = checkpoint_dir(cfg) / CHECKPOINT_FILE
     if not path.exists():
         return None
-    payload = load_checkpoint(path)
-    if payload["config"] != to_dict(cfg):
-        log.warning("not resuming %s: it was written with a different config; starting fresh", path)
-        return None
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    restore_rng(payload)
-    state = TrainState(**payload["state"])
+    hint = "; not resuming from it: start fresh with `mtbert train --no-resume` (resume=False)"
+    try:
+        payload = load_checkpoint(path)
+        saved, current = flatten(payload["config"]), flatten(to_dict(cfg))
+        if saved != current:
+            changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+            log.warning("not resuming %s: it was written with a different config (%s); starting "
+                        "fresh", path, ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
+            return None
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        state = TrainState(**payload["state"])
+        restore_rng(payload)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{hint}") from err
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:  # not our layout
+        raise CheckpointError(f"{path}: does not match this model ({type(err).__name__}: "
+                              f"{str(err)[:300]}){hint}") from err
     log.info("resuming from %s at epoch %d, step %d", path, state.epoch, state.global_step)
     return state
+
+
+def head_lr_scale(cfg: Config):
+    """Learning-rate multiplier by parameter name: 1 for the encoder, `train.head_lr_scale` else."""
+    return lambda name: 1.0 if name.startswith("encoder.") else cfg.train.head_lr_scale
 
 
 def tokenize_tasks(cfg: Config, tokenizer: Any, frames: dict[str, pd.DataFrame]) -> dict[str, TokenizedTask]:
@@ -182,8 +214,11 @@ def train(cfg: Config, resume: bool = True, callbacks: list[Callback] | None = N
     tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
     data = tokenize_tasks(cfg, tokenizer, train_frames(cfg))
     model = build_multitask(cfg.model, cfg.train.init_from).to(device)
-    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
+                                lr_scale=head_lr_scale(cfg))
     state = _maybe_resume(cfg, model, optimizer) if resume else None
+    for stale in checkpoint_dir(cfg).glob(f".{CHECKPOINT_FILE}.*.tmp"):  # from a kill mid-write
+        stale.unlink()
     ckpt = CheckpointCallback(checkpoint_dir(cfg) / CHECKPOINT_FILE, model, optimizer,
                               cfg.train.checkpoint_every, to_dict(cfg))
     state = fit(model, data, optimizer, cfg.train, cfg.seed, state, [ckpt, *(callbacks or [])])
@@ -248,3 +283,88 @@ def _predict_test(cfg: Config, trained_cfg: Config, model: MultitaskBert, tokeni
                           trained_cfg.model.max_length)
     pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision)
     write_course_predictions(out / "predictions" / f"{task}-test-output.csv", frame["id"], pred)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameter search
+
+
+def tune(cfg: Config, n_trials: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the Optuna study; return the best parameters as dotted overrides.
+
+    The best parameters are also written to `tune.out_file`. Raises RuntimeError when no trial of
+    the study has completed (every trial failed or was pruned).
+    """
+    from mtbert import tuning  # Optuna and MLflow are only needed here
+
+    study = tuning.run_study(cfg, n_trials)
+    if not tuning.completed(study):
+        raise RuntimeError(f"study {cfg.tune.study_name!r}: no trial completed; see the log above")
+    return tuning.best_overrides(study)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+def register(cfg: Config) -> Any:
+    """Register the model in `train.out_dir` with the dev metrics `evaluate` wrote; promote it.
+
+    The model's MLflow run is the one `mtbert train` recorded in the model directory. Returns a
+    `mtbert.registry.RegistrationResult` (version, alias given, reason).
+    """
+    from mtbert import registry, tracking
+
+    run_id = tracking.load_run_id(cfg.train.out_dir)
+    if run_id is None:
+        raise registry.RegistryError(f"{cfg.train.out_dir}/{tracking.RUN_FILE} is missing: train "
+                                     "the model with `mtbert train` (it records the MLflow run)")
+    metrics_path = Path(cfg.eval.out_dir) / cfg.eval.metrics_file
+    if not metrics_path.exists():
+        raise registry.RegistryError(f"{metrics_path} is missing: run `mtbert evaluate` first")
+    metrics = json.loads(metrics_path.read_text())
+    return registry.register(cfg, run_id, cfg.train.out_dir, metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLM further pretraining
+
+MLM_EVAL_SENTENCES = 256  # dev sentences whose MLM loss (fixed mask) is reported before and after
+
+
+def pretrain_mlm(cfg: Config, callbacks: list[Callback] | None = None) -> dict[str, float]:
+    """Further-pretrain `model.checkpoint` with MLM on the training sentences; write `mlm.out_dir`.
+
+    The sentences are those of the training tables `train_frames` gives (profile trimming applies),
+    deduplicated and capped at `mlm.max_sentences`. The output is an HF encoder directory: train on
+    it with `train.init_from=<mlm.out_dir>`. Returns the MLM losses (a held-out loss on dev
+    sentences with a fixed mask, before and after) and sizes.
+    """
+    from mtbert import pretrain
+    from mtbert.model.load_hf import load_pretrained_bert
+
+    seed_everything(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg.model.checkpoint)
+    tokens = pretrain.mlm_tokens(tokenizer)
+    sentences = pretrain.collect_sentences(train_frames(cfg), cfg.mlm.max_sentences, cfg.seed)
+    train_seqs = pretrain.tokenize_sentences(tokenizer, sentences, cfg.model.max_length)
+    dev = pretrain.collect_sentences({t: dev_frame(cfg, t) for t in TASKS}, MLM_EVAL_SENTENCES, cfg.seed)
+    dev_seqs = pretrain.tokenize_sentences(tokenizer, dev, cfg.model.max_length)
+    encoder = load_pretrained_bert(cfg.model.checkpoint, attn_impl=cfg.model.attn_impl)
+    head, loaded = pretrain.load_mlm_head(cfg.model.checkpoint, encoder)
+    encoder.to(device)
+    head.to(device)
+    before = pretrain.evaluate_mlm(encoder, head, dev_seqs, tokens, cfg.mlm.mask_prob, cfg.seed)
+    state = pretrain.further_pretrain(encoder, head, train_seqs, tokens, cfg.mlm, seed=cfg.seed,
+                                      weight_decay=cfg.train.weight_decay,
+                                      grad_clip=cfg.train.grad_clip, callbacks=callbacks or [])
+    after = pretrain.evaluate_mlm(encoder, head, dev_seqs, tokens, cfg.mlm.mask_prob, cfg.seed)
+    stats = {"mlm/dev_loss_before": before, "mlm/dev_loss_after": after,
+             "mlm/steps": float(state.global_step), "mlm/sentences": float(len(sentences)),
+             "mlm/head_loaded": float(loaded)}
+    pretrain.save_encoder(cfg.mlm.out_dir, encoder.cpu(), head.cpu(), tokenizer,
+                          {"config": to_dict(cfg), "stats": stats})
+    return stats

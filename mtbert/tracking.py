@@ -83,15 +83,31 @@ def _setup(cfg: Config) -> None:
 @contextlib.contextmanager
 def start_run(cfg: Config, run_name: str, run_id: str | None = None,
               nested: bool = False) -> Iterator[mlflow.ActiveRun]:
-    """Open (or re-open, with `run_id`) a run; a new run logs the resolved config and provenance."""
+    """Open (or re-open, with `run_id`) a run; a new run logs the resolved config and provenance.
+
+    Ending the run never raises: if the server went away while the body ran (whose results are
+    already on disk), the run is left open on the server and a warning says so.
+    """
     _setup(cfg)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested) as run:
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested)
+    status = "FAILED"
+    try:
         if run_id is None:
             mlflow.log_params({k: str(v) for k, v in flatten(to_dict(cfg)).items()})
             mlflow.set_tags({"git_commit": git_commit(), "data_md5": data_hash(),
                              "profile": str(cfg.profile), "stage": run_name})
             mlflow.log_dict(to_dict(cfg), "config/resolved_params.json")
         yield run
+        status = "FINISHED"
+    finally:
+        active = mlflow.active_run()
+        try:
+            if active is not None and active.info.run_id == run.info.run_id:  # not ended by the body
+                with bounded_http():
+                    mlflow.end_run(status)  # pops the active run before calling the server
+        except Exception as err:  # noqa: BLE001 - the work is done; only the run's status is lost
+            log.warning("could not mark MLflow run %s %s at %s (%s); it stays RUNNING there",
+                        run.info.run_id, status, tracking_uri(), err)
 
 
 def save_run_id(model_dir: str | Path, run_id: str) -> None:
@@ -104,19 +120,45 @@ def load_run_id(model_dir: str | Path) -> str | None:
     return json.loads(path.read_text())["run_id"] if path.exists() else None
 
 
+# MLflow's client retries a failed request 7 times with exponential backoff (about 4 minutes) by
+# default; while training, a dead server must cost milliseconds, not minutes per call.
+_BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def bounded_http() -> Iterator[None]:
+    """MLflow HTTP calls inside this block are tried once, for 10 s at most (callers retry later)."""
+    saved = {key: os.environ.get(key) for key in _BOUNDED_HTTP}
+    os.environ.update(_BOUNDED_HTTP)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class MlflowCallback(Callback):
     """Logs step metrics in batches; on a failure keeps them and retries, so nothing is lost.
 
-    Metrics that still cannot be sent when training ends are written to `fallback_path` and the
-    user is told where they are.
+    Each send fails fast (`bounded_http`); after a failure, sends are retried at most every
+    `retry_s` seconds, and everything buffered goes out once the server answers again. Metrics
+    that still cannot be sent when training ends are appended, with their run id, to
+    `fallback_path` (JSON lines) and the user is told where; `replay` sends them later (the next
+    `mtbert train` does that first).
     """
 
-    def __init__(self, run_id: str, every: int = 10, fallback_path: str | Path | None = None) -> None:
+    def __init__(self, run_id: str, every: int = 10, fallback_path: str | Path | None = None,
+                 retry_s: float = 30.0) -> None:
         self.client = mlflow.MlflowClient()
-        self.run_id, self.every = run_id, every
+        self.run_id, self.every, self.retry_s = run_id, every, retry_s
         self.fallback_path = Path(fallback_path) if fallback_path else None
         self.pending: list[mlflow.entities.Metric] = []
         self.failed_once = False
+        self.retry_at = 0.0  # time.monotonic() before which no send is tried
 
     def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
         import time
@@ -130,30 +172,70 @@ class MlflowCallback(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         self.flush()
 
-    def flush(self) -> bool:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queue run-level metrics (e.g. wall time); they go out with the next flush or `close`."""
+        import time
+
+        now = int(time.time() * 1000)
+        self.pending += [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+    def flush(self, force: bool = False) -> bool:
+        """Send what is buffered; True when nothing is left. Never raises."""
+        import time
+
         if not self.pending:
             return True
+        if not force and time.monotonic() < self.retry_at:
+            return False
         try:
-            for start in range(0, len(self.pending), 500):  # MLflow's batch limit is 1000 metrics
-                self.client.log_batch(self.run_id, metrics=self.pending[start:start + 500])
+            with bounded_http():
+                while self.pending:  # MLflow's batch limit is 1000 metrics
+                    self.client.log_batch(self.run_id, metrics=self.pending[:500])
+                    self.pending = self.pending[500:]
         except Exception as err:  # noqa: BLE001 - any transport error: keep the metrics, go on training
             if not self.failed_once:
                 log.warning("MLflow unreachable while training (%s); buffering metrics", err)
                 self.failed_once = True
+            self.retry_at = time.monotonic() + self.retry_s
             return False
-        self.pending = []
+        if self.failed_once:
+            log.warning("MLflow reachable again: buffered metrics sent")
+            self.failed_once = False
         return True
 
-    def close(self) -> None:
-        """Last flush; whatever is still unsent goes to the fallback file (and the log says so)."""
-        if self.flush() or self.fallback_path is None:
-            return
+    def close(self) -> Path | None:
+        """Last flush; what is still unsent is appended to the fallback file, whose path is returned."""
+        if self.flush(force=True) or self.fallback_path is None:
+            return None
         self.fallback_path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
-                for m in self.pending]
-        self.fallback_path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-        log.warning("MLflow still unreachable: %d metric values written to %s", len(rows),
-                    self.fallback_path)
+        rows = [{"run_id": self.run_id, "key": m.key, "value": m.value, "timestamp": m.timestamp,
+                 "step": m.step} for m in self.pending]
+        with self.fallback_path.open("a") as fh:  # earlier runs' unsent metrics stay in the file
+            fh.write("".join(json.dumps(r) + "\n" for r in rows))
+        log.warning("MLflow unreachable: %d metric values of run %s written to %s; the next "
+                    "`mtbert train` sends them", len(rows), self.run_id, self.fallback_path)
+        return self.fallback_path
+
+    @staticmethod
+    def replay(path: str | Path) -> int:
+        """Send the metrics a fallback file holds to their runs, then delete it; returns the count.
+
+        A run still RUNNING is marked FINISHED: the file is written only after its training ended.
+        Raises what MLflow raises if the server is unreachable (the file is then left as it was).
+        """
+        path = Path(path)
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        client = mlflow.MlflowClient()
+        with bounded_http():
+            for run_id in dict.fromkeys(r["run_id"] for r in rows):
+                metrics = [mlflow.entities.Metric(r["key"], r["value"], r["timestamp"], r["step"])
+                           for r in rows if r["run_id"] == run_id]
+                for start in range(0, len(metrics), 500):
+                    client.log_batch(run_id, metrics=metrics[start:start + 500])
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_terminated(run_id, "FINISHED")
+        path.unlink()
+        return len(rows)
 
 
 def log_evaluation(metrics: dict[str, float], eval_dir: str | Path) -> None:

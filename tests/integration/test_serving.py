@@ -1,0 +1,145 @@
+"""The champion served over HTTP by `mtbert serve` (= `mlflow models serve --env-manager local`).
+
+The server really starts on a free 127.0.0.1 port against a real MLflow registry; good requests
+get predictions equal to the trained model's, bad ones a 400 whose body gives the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tests.integration.conftest import (
+    TrackedProject,
+    free_port,
+    mlflow_env,
+    run_mtbert,
+    start_process_group,
+    stop_process_group,
+    wait_http,
+)
+
+pytestmark = pytest.mark.integration
+
+SERVE_STARTUP_TIMEOUT_S = 180.0
+COLUMNS = ["task", "sentence1", "sentence2"]
+GOOD_ROWS = [
+    ["sst", "A warm, funny and clever film.", None],
+    ["para", "How can I lose weight fast?", "What is the quickest way to lose weight?"],
+    ["sts", "A woman is slicing an onion.", "A woman cuts an onion."],
+    ["sts", "Two dogs play in the snow.", "A cat sleeps on a sofa."],
+    ["sst", "Dull, lifeless and far too long.", None],
+]
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    startup_s: float
+
+
+@pytest.fixture(scope="module")
+def served(tracked_project: TrackedProject,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`mtbert serve --port N` for the project's champion (registered here if there is none yet)."""
+    p = tracked_project
+    env = mlflow_env(p.tracking_uri)
+    client = MlflowClient(tracking_uri=p.tracking_uri, registry_uri=p.tracking_uri)
+    if "champion" not in _aliases(client, p.model_name):
+        run_mtbert(["-q", "register"], p.root, env)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    start = time.monotonic()
+    cmd = [sys.executable, "-m", "mtbert.cli", "-q", "serve", "--port", str(port)]
+    proc = start_process_group(cmd, log_path, env, p.root)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log_path, SERVE_STARTUP_TIMEOUT_S)
+        startup = time.monotonic() - start
+        print(f"mtbert serve answered /health after {startup:.1f} s")
+        yield Served(f"http://127.0.0.1:{port}", startup)
+    finally:
+        stop_process_group(proc)
+
+
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    try:
+        return dict(client.get_registered_model(name).aliases)
+    except MlflowException:  # no such model yet
+        return {}
+
+
+def post(url: str, payload: object, raw: bytes | None = None) -> tuple[int, str]:
+    """POST JSON to /invocations; (status, body) for 2xx and 4xx/5xx alike."""
+    data = raw if raw is not None else json.dumps(payload).encode()
+    req = urllib.request.Request(f"{url}/invocations", data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def split(rows: list[list], columns: list[str] = COLUMNS) -> dict:
+    return {"dataframe_split": {"columns": columns, "data": rows}}
+
+
+def test_valid_request_gets_the_trained_models_predictions(served: Served,
+                                                           tracked_project: TrackedProject) -> None:
+    from mtbert.serving import predict_rows
+    from mtbert.stages import load_trained
+
+    status, body = post(served.url, split(GOOD_ROWS))
+    assert status == 200, body
+    out = pd.DataFrame(json.loads(body)["predictions"])
+    assert list(out["task"]) == [row[0] for row in GOOD_ROWS]
+    sst, para, sts = (out.loc[out["task"] == t, "prediction"].to_numpy() for t in ("sst", "para", "sts"))
+    assert set(sst) <= {0, 1, 2, 3, 4} and set(para) <= {0, 1}
+    assert np.all((sts >= 0) & (sts <= 5))
+    model, tokenizer, cfg = load_trained(tracked_project.root / "artifacts" / "model")
+    local = predict_rows(model, tokenizer, cfg.model.pair_encoding, cfg.model.max_length,
+                         pd.DataFrame(GOOD_ROWS, columns=COLUMNS))
+    np.testing.assert_allclose(out["prediction"], local["prediction"], atol=1e-5)
+    np.testing.assert_allclose(out["score"], local["score"], atol=1e-5)
+
+
+BAD_REQUESTS = {
+    "unknown task": (split([["nli", "A man sleeps.", "A man is awake."]]), "unknown task 'nli'"),
+    "para without sentence2 value": (split([["para", "How old are you?", None]]),
+                                     "field 'sentence2' is missing"),
+    "para without sentence2 column": (split([["para", "How old are you?"]], ["task", "sentence1"]),
+                                      "field 'sentence2' is missing"),
+    "empty text": (split([["sst", "", None]]), "field 'sentence1' is empty"),
+    "whitespace text": (split([["sts", "   ", "A dog runs."]]), "field 'sentence1' is empty"),
+    "oversized batch": (split([["sst", "Fine.", None]] * 10_001), "10001 rows in one request"),
+    "no sentence1 column": (split([["sst"]], ["task"]), "missing inputs ['sentence1']"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_400_with_the_reason(served: Served, case: str) -> None:
+    payload, reason = BAD_REQUESTS[case]
+    status, body = post(served.url, payload)
+    assert status == 400, body
+    error = json.loads(body)
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert reason in error["message"]
+    assert "stack_trace" not in error and "Traceback" not in body
+    assert len(body) < 5_000  # the echoed request is truncated, not dumped
+
+
+def test_malformed_json_gets_400(served: Served) -> None:
+    status, body = post(served.url, None, raw=b"{not json")
+    assert status == 400
+    assert "valid JSON" in json.loads(body)["message"] and "Traceback" not in body
