@@ -10,6 +10,7 @@ applied before command-line overrides (`train.lr=2e-5`). Code changes config wit
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class TrainConfig:
     max_tokens: int = 0
     bucket: bool = True
     lr: float = 5e-5
+    head_lr_scale: float = 1.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     schedule: str = "linear"
@@ -171,6 +173,10 @@ class TuneConfig:
     loss_scale_max: float = 1.0
     timeout_s: int = 0
     out_file: str = "artifacts/tune/best_params.yaml"
+    report_every: int = 0
+    report_dev_size: int = 256
+    heartbeat_s: int = 30
+    grace_s: int = 120
 
 
 @dataclass(frozen=True)
@@ -225,13 +231,15 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         (item_tp, _) = typing.get_args(tp)
         return tuple(_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "5e-5" as a string; accept numeric strings for floats only.
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):  # nan passes every range check
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        if number is not None:
+            return number
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
@@ -270,7 +278,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in body:
         raise ConfigError(f"{text}: override must look like section.key=value")
     key, raw = body.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{text}: override must look like section.key=value")
+    try:
+        return key, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{key}: cannot parse value {raw!r} ({problem})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,13 +335,29 @@ def validate(cfg: Config) -> Config:
                         ("eval.batch_size", cfg.eval.batch_size), ("model.max_length", m.max_length)]:
         if value < 1:
             raise ConfigError(f"{path}: must be >= 1, got {value}")
+    if t.head_lr_scale <= 0:
+        raise ConfigError(f"train.head_lr_scale: must be > 0, got {t.head_lr_scale}")
     _check_range("train.warmup_ratio", t.warmup_ratio, 0.0, 1.0)
     _check_range("mlm.mask_prob", cfg.mlm.mask_prob, 0.0, 1.0)
     for task in TASKS:
         if t.loss_scale.get(task) < 0:
             raise ConfigError(f"train.loss_scale.{task}: must be >= 0")
+    _validate_non_negative(cfg)
     _validate_combinations(cfg)
     return cfg
+
+
+def _validate_non_negative(cfg: Config) -> None:
+    """Counts and sizes where a negative value would fail mid-run (0 keeps its documented meaning)."""
+    d, t = cfg.data, cfg.train
+    checks = [(f"data.{name}.{task}", getattr(d, name).get(task))
+              for name in ("train_size", "resample_to", "dev_size") for task in TASKS]
+    checks += [("train.checkpoint_every", t.checkpoint_every), ("train.max_tokens", t.max_tokens),
+               ("train.threads", t.threads), ("train.grad_clip", t.grad_clip),
+               ("augment.eda_copies", cfg.augment.eda_copies)]
+    for path, value in checks:
+        if value is not None and value < 0:
+            raise ConfigError(f"{path}: must be >= 0, got {value}")
 
 
 def _validate_combinations(cfg: Config) -> None:

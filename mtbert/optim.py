@@ -80,60 +80,82 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, group)
+            for step, tensors in self._gather(group).items():
+                self._update(step, *tensors, group=group)
         return loss
 
-    def _update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
-        """Apply the AdamW update to one parameter in place."""
-        grad = param.grad
-        if grad.is_sparse:
-            raise RuntimeError("AdamW does not support sparse gradients")
-        state = self.state[param]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["step"] += 1
+    def _gather(self, group: dict[str, Any]) -> dict[int, tuple[list[torch.Tensor], ...]]:
+        """The group's parameters with gradients, their gradients and moments, by step count.
+
+        Parameters share a step count unless some of them skipped steps without a gradient;
+        each distinct count is updated as one batch of tensors.
+        """
+        by_step: dict[int, tuple[list[torch.Tensor], ...]] = {}
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("AdamW does not support sparse gradients")
+            state = self.state[param]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["step"] += 1
+            lists = by_step.setdefault(state["step"], ([], [], [], []))
+            for dest, tensor in zip(lists, (param, param.grad, state["exp_avg"], state["exp_avg_sq"])):
+                dest.append(tensor)
+        return by_step
+
+    def _update(self, step: int, params: list[torch.Tensor], grads: list[torch.Tensor],
+                exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+                group: dict[str, Any]) -> None:
+        """Apply the AdamW update in place to tensors that all reached `step`.
+
+        One `torch._foreach_*` kernel per operation over all tensors: the same arithmetic, in the
+        same order, as a per-parameter loop, without a Python round trip per tensor.
+        """
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-
         # Decay before the Adam step, as torch does, so the two agree to rounding.
-        param.mul_(1.0 - lr * group["weight_decay"])
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
 
         step_size = lr
-        denom = exp_avg_sq.sqrt()
+        denom = torch._foreach_sqrt(exp_avg_sqs)
         if group["correct_bias"]:
-            step_size = lr / (1.0 - beta1 ** state["step"])
-            denom.div_(math.sqrt(1.0 - beta2 ** state["step"]))
-        param.addcdiv_(exp_avg, denom.add_(group["eps"]), value=-step_size)
+            step_size = lr / (1.0 - beta1**step)
+            torch._foreach_div_(denom, math.sqrt(1.0 - beta2**step))
+        torch._foreach_add_(denom, group["eps"])
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed and a non-decayed group.
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     lr_scale: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
+    """Split trainable parameters into groups by weight decay and learning-rate scale.
 
     Biases and LayerNorm weights (every parameter with fewer than 2 dimensions) are not
-    decayed: shrinking a LayerNorm gain or a bias toward 0 is not a useful prior.
+    decayed: shrinking a LayerNorm gain or a bias toward 0 is not a useful prior. Each group
+    carries an `lr_scale` (from `lr_scale(parameter_name)`, default 1.0) that the training loop
+    multiplies into the scheduled learning rate, e.g. to train freshly initialised heads faster.
 
     Args:
         model: module whose trainable parameters to group.
         weight_decay: decay for matrices and embeddings.
+        lr_scale: maps a parameter name to its learning-rate multiplier.
 
     Returns:
         Non-empty parameter-group dicts for a `torch.optim.Optimizer`.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            key = (param.ndim >= 2, lr_scale(name) if lr_scale else 1.0)
+            groups.setdefault(key, []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+            for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 def build_optimizer(
@@ -142,6 +164,7 @@ def build_optimizer(
     lr: float,
     weight_decay: float,
     fused: bool | None = None,
+    lr_scale: Callable[[str], float] | None = None,
 ) -> torch.optim.Optimizer:
     """Build an AdamW optimizer with no weight decay on biases and LayerNorm weights.
 
@@ -150,6 +173,7 @@ def build_optimizer(
         name: one of OPTIMIZERS: "mtbert" (our AdamW) or "torch" (`torch.optim.AdamW`).
         lr: learning rate.
         weight_decay: decay for parameters with 2 or more dimensions.
+        lr_scale: per-parameter learning-rate multiplier by name (see `parameter_groups`).
         fused: only for "torch". None uses the fused kernel exactly when every
             parameter is on CUDA; True requires that; False never fuses. Ignored by
             "mtbert", which has no fused kernel.
@@ -163,7 +187,7 @@ def build_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
-    groups = parameter_groups(model, weight_decay)
+    groups = parameter_groups(model, weight_decay, lr_scale)
     if name == "mtbert":
         return AdamW(groups, lr=lr, weight_decay=weight_decay)
     _check_hyperparameters(lr, (0.9, 0.999), 1e-8, weight_decay)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mtbert.batching import Batch, TokenizedTask, collate, make_batches
 from mtbert.config import TrainConfig
-from mtbert.losses import task_loss
+from mtbert.losses import STS_MAX_SCORE, task_loss
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import lr_at
 from mtbert.pcgrad import assign_flat_grad, flat_grads, pcgrad
@@ -76,31 +76,55 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig) -> Tensor:
-    """The task loss of one batch (plus the SMART term when enabled), unscaled."""
+def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig,
+               metrics: dict[str, float] | None = None) -> Tensor:
+    """The task loss of one batch (plus the SMART term when enabled), unscaled.
+
+    If `metrics` is given, the SMART term is recorded in it as `train/<task>/smart`.
+    """
     device = batch.enc.input_ids.device
     with _autocast(device, cfg.precision):
         out = model(batch.task, batch.enc)
-        loss = task_loss(batch.task, out.float(), batch.labels, sts_loss_kind=cfg.sts_loss)
+        pred = out.float()
+        if batch.task == "sts" and cfg.sts_loss == "cosine":
+            # The cosine head scores 5 cos(u, v) on the 0..5 scale; the Sentence-BERT loss wants cos.
+            pred = pred / STS_MAX_SCORE
+        loss = task_loss(batch.task, pred, batch.labels, sts_loss_kind=cfg.sts_loss)
         if cfg.smart.enabled:
-            loss = loss + cfg.smart.weight * _smart_term(model, batch, out, cfg)
+            smart = _smart_term(model, batch, out, cfg)
+            if metrics is not None:
+                metrics[f"train/{batch.task}/smart"] = smart.item()
+            loss = loss + cfg.smart.weight * smart
     return loss
 
 
 def _smart_term(model: MultitaskBert, batch: Batch, clean: Tensor, cfg: TrainConfig) -> Tensor:
-    embeds = model.encoder.embeddings.word_embeddings(batch.enc.input_ids)
-    kind = "regression" if batch.task == "sts" else "classification"
-    if batch.task == "para":  # one logit: compare as two-class logits [0, z]
-        def forward_fn(e: Tensor) -> Tensor:
-            z = model(batch.task, batch.enc, inputs_embeds=e)
-            return torch.stack([torch.zeros_like(z), z], dim=-1)
+    """SMART regularizer with the perturbation added to the embedding layer's output.
+
+    `smart_adversarial_loss` renormalizes the perturbation to max-abs 1 per token (mt-dnn). Raw word
+    vectors have entries of about 0.05, so such a perturbation would drown the tokens; after the
+    embedding LayerNorm the entries are of order 1, which is where mt-dnn perturbs. A forward hook
+    swaps the embedding module's output for the perturbed tensor.
+    """
+    embeddings = model.encoder.embeddings
+    enc = batch.enc
+    clean_embeds = embeddings(enc.input_ids, enc.token_type_ids, None)  # (B, T, H), after LayerNorm
+    two_class = batch.task == "para"  # one logit: compare as two-class logits [0, z]
+
+    def forward_fn(e: Tensor) -> Tensor:
+        handle = embeddings.register_forward_hook(lambda _module, _args, _out: e)
+        try:
+            z = model(batch.task, enc)
+        finally:
+            handle.remove()
+        return torch.stack([torch.zeros_like(z), z], dim=-1) if two_class else z
+
+    if two_class:
         clean = torch.stack([torch.zeros_like(clean), clean], dim=-1)
-    else:
-        def forward_fn(e: Tensor) -> Tensor:
-            return model(batch.task, batch.enc, inputs_embeds=e)
+    kind = "regression" if batch.task == "sts" else "classification"
     s = cfg.smart
-    return smart_adversarial_loss(forward_fn, embeds.detach(), clean, kind, noise_var=s.noise_var,
-                                  step_size=s.step_size, epsilon=s.epsilon)
+    return smart_adversarial_loss(forward_fn, clean_embeds.detach(), clean, kind,
+                                  noise_var=s.noise_var, step_size=s.step_size, epsilon=s.epsilon)
 
 
 def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.optim.Optimizer,
@@ -117,7 +141,7 @@ def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.
     task_grads: list[Tensor] = []
     surgery = cfg.pcgrad and len(batches) > 1
     for batch in batches:
-        loss = batch_loss(model, batch, cfg)
+        loss = batch_loss(model, batch, cfg, metrics)
         (cfg.loss_scale.get(batch.task) * loss).backward()
         metrics[f"train/{batch.task}/loss"] = loss.item()
         if surgery:
@@ -165,7 +189,7 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
         for step_tasks in schedule[state.step_in_epoch:]:
             lr = lr_at(state.global_step, state.total_steps, cfg.lr, warmup, cfg.schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             step_batches = []
             for task in step_tasks:  # smaller tasks cycle through their batches (round-robin)
                 rows = batches[task][cursor[task] % len(batches[task])]

@@ -71,10 +71,11 @@ class ParaphraseHead(nn.Module):
 
 
 class SimilarityHead(nn.Module):
-    """STS: a similarity score on the 0..5 scale. (B, F) -> (B,).
+    """STS: a similarity score on the 0..5 scale, 5 * sigmoid(linear). (B, F) -> (B,).
 
-    The regression head is linear; predictions are clipped to 0..5 only at inference, so the loss
-    still sees (and corrects) out-of-range outputs.
+    A bare linear output starts near 0 while gold scores average about 2.7: the first MSE values
+    (~10) then swamp the other tasks' gradients under clipping, and SST stopped learning in our
+    quick runs. The sigmoid starts every prediction at 2.5 and keeps it inside the scale.
     """
 
     def __init__(self, dim: int, dropout: float) -> None:
@@ -83,7 +84,7 @@ class SimilarityHead(nn.Module):
         self.out = nn.Linear(dim, 1)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.out(self.dropout(features)).squeeze(-1)
+        return 5.0 * torch.sigmoid(self.out(self.dropout(features)).squeeze(-1))
 
 
 class CosineSimilarityHead(nn.Module):
