@@ -1,0 +1,343 @@
+"""Hyperparameter search with Optuna: a resumable study that several workers can share.
+
+The study lives in an RDB storage (`tune.storage`: SQLite by default, any SQLAlchemy URL), opened
+with `load_if_exists`, so a crashed or stopped search resumes and parallel `mtbert tune` processes
+share one study. Each running trial records a heartbeat; a trial whose worker died (no heartbeat for
+`tune.grace_s` seconds) is marked FAIL by the next worker that asks for a trial and queued again
+with the same parameters. An exception inside a trial fails that trial only; the study goes on.
+
+Every trial trains with `stages.train` into its own directory, reports a dev score on a small dev
+subset every `tune.report_every` steps and at each epoch end (a MedianPruner stops weak trials), and
+is scored by `stages.evaluate` (`dev/overall`). Each trial is an MLflow run nested under the study's
+parent run; the parent run gets the optimization-history and parameter-importance plots. The best
+parameters are written to `tune.out_file` as dotted overrides (`train.lr: 3.1e-05`), read back by
+`mtbert train --overrides-file`.
+
+Parallel workers should each get their own `tune.sampler_seed` (e.g. `mtbert tune
+tune.sampler_seed=8`): with the same seed they draw the same first random configurations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import yaml
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from mtbert import stages, tracking
+from mtbert.batching import TokenizedTask, tokenize_frame
+from mtbert.checkpoint import CHECKPOINT_FILE, atomic_write_text, load_checkpoint
+from mtbert.config import Config, TuneConfig, with_overrides
+from mtbert.evaluate import predict, summary_metrics, task_metrics
+from mtbert.model.load_hf import load_tokenizer
+from mtbert.model.multitask import MultitaskBert, build_multitask
+from mtbert.tasks import TASKS
+from mtbert.train import Callback, TrainState
+
+log = logging.getLogger("mtbert")
+
+LR, DROPOUT = "train.lr", "model.head_dropout"
+# sst keeps loss scale 1.0: Adam is invariant to a common scale of all losses, so only the
+# ratios para/sst and sts/sst change training; a third free scale would only add noise to TPE.
+SCALED_TASKS = ("para", "sts")
+TPE_STARTUP_TRIALS = 3  # random trials before TPE models the history (Optuna's default 10 > n_trials)
+PRUNER_STARTUP_TRIALS = 2  # finished trials before the median pruner may stop a trial
+RETRY_LIMIT = 2  # a trial whose worker died twice more is probably poison (e.g. out of memory)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+INTERMEDIATE_METRIC = "tune/dev_subset_overall"
+
+
+# ---------------------------------------------------------------------------------------------
+# Search space and per-trial config
+
+
+def suggest(trial: optuna.Trial, tune: TuneConfig) -> dict[str, float]:
+    """Draw one configuration; the parameter names are the dotted config keys they override."""
+    params = {
+        LR: trial.suggest_float(LR, tune.lr_min, tune.lr_max, log=True),
+        DROPOUT: trial.suggest_float(DROPOUT, tune.dropout_min, tune.dropout_max),
+    }
+    for task in SCALED_TASKS:
+        key = f"train.loss_scale.{task}"
+        params[key] = trial.suggest_float(key, tune.loss_scale_min, tune.loss_scale_max)
+    return params
+
+
+def trials_dir(cfg: Config) -> Path:
+    return Path(cfg.tune.out_file).parent / "trials" / cfg.tune.study_name
+
+
+def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
+    """The config of one trial: its parameters, its own output folders, no test predictions."""
+    root = trials_dir(cfg) / f"trial-{number:03d}"
+    extra: dict[str, Any] = {"train.out_dir": str(root / "model"), "eval.out_dir": str(root / "eval"),
+                             "eval.predict_test": False}
+    if cfg.tune.report_every:
+        # The dev reporter scores the checkpoint the trainer has just written (see DevReporter).
+        extra["train.checkpoint_every"] = cfg.tune.report_every
+    return with_overrides(cfg, {**params, **extra})
+
+
+# ---------------------------------------------------------------------------------------------
+# Intermediate dev scores and pruning
+
+
+class DevReporter(Callback):
+    """Reports a dev score on a small dev subset to the trial and prunes when the pruner says so.
+
+    Training callbacks do not see the model, so this scores the checkpoint that the trainer's
+    CheckpointCallback (always first in the callback list) wrote at the same step; the step
+    recorded in that checkpoint is checked, so a stale checkpoint fails loudly.
+    """
+
+    def __init__(self, trial: optuna.Trial, cfg: Config) -> None:
+        self.trial, self.cfg = trial, cfg
+        self.path = stages.checkpoint_dir(cfg) / CHECKPOINT_FILE
+        self.last_step = -1
+        self.model: MultitaskBert | None = None
+        self.data: dict[str, TokenizedTask] = {}
+        self.gold: dict[str, Any] = {}
+
+    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        every = self.cfg.tune.report_every
+        if every and state.global_step % every == 0:
+            self.report(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.report(state)
+
+    def report(self, state: TrainState) -> None:
+        if state.global_step == self.last_step:
+            return
+        self.last_step = state.global_step
+        score = self.score(state.global_step)
+        self.trial.report(score, state.global_step)
+        mlflow.log_metric(INTERMEDIATE_METRIC, score, step=state.global_step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"step {state.global_step}: dev subset score {score:.4f} "
+                                     "is below the median of earlier trials")
+
+    def score(self, step: int) -> float:
+        payload = load_checkpoint(self.path)
+        if payload["state"]["global_step"] != step:
+            raise RuntimeError(f"{self.path} holds step {payload['state']['global_step']}, not {step}; "
+                               "the checkpoint callback must run before the dev reporter")
+        if self.model is None:
+            self._setup()
+        assert self.model is not None
+        self.model.load_state_dict(payload["model"])
+        per_task = {}
+        for task, data in self.data.items():
+            pred = predict(self.model, data, self.cfg.eval.batch_size, self.cfg.train.precision)
+            per_task[task] = task_metrics(pred, self.gold[task])
+        return summary_metrics(per_task)["dev/overall"]
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.model = build_multitask(cfg.model, cfg.train.init_from)
+        tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
+        frames = {task: stages.dev_frame(cfg, task).head(cfg.tune.report_dev_size) for task in TASKS}
+        self.data = {task: tokenize_frame(tokenizer, frame, task, cfg.model.pair_encoding,
+                                          cfg.model.max_length) for task, frame in frames.items()}
+        self.gold = {task: frame["label"].to_numpy() for task, frame in frames.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective: one trial = one nested MLflow run
+
+
+def _train_and_score(trial: optuna.Trial, cfg: Config, run_id: str) -> float:
+    logger = tracking.MlflowCallback(run_id)
+    try:
+        try:
+            stages.train(cfg, resume=False, callbacks=[logger, DevReporter(trial, cfg)])
+        finally:
+            logger.close()
+        metrics = stages.evaluate(cfg)
+    finally:
+        # The weights are not kept: the best parameters are retrained (`--overrides-file`).
+        shutil.rmtree(cfg.train.out_dir, ignore_errors=True)
+        shutil.rmtree(stages.checkpoint_dir(cfg), ignore_errors=True)
+    mlflow.log_metrics(metrics)
+    return metrics["dev/overall"]
+
+
+def make_objective(cfg: Config) -> Callable[[optuna.Trial], float]:
+    """The objective: train and evaluate one trial's config; the value is `dev/overall`."""
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        params = suggest(trial, cfg.tune)
+        trial_cfg = trial_config(cfg, params, trial.number)
+        with tracking.start_run(trial_cfg, f"trial-{trial.number}", nested=True) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            mlflow.set_tags({"optuna.study": cfg.tune.study_name, "optuna.trial": trial.number})
+            try:
+                return _train_and_score(trial, trial_cfg, run.info.run_id)
+            except optuna.TrialPruned as err:
+                # Raised after the run is closed, so MLflow records FINISHED, not FAILED.
+                mlflow.set_tag("optuna.state", "PRUNED")
+                pruned = err
+        raise pruned
+
+    return objective
+
+
+# ---------------------------------------------------------------------------------------------
+# The study
+
+
+class RetryStaleTrial:
+    """For a trial whose worker died: mark its MLflow run FAILED and queue it again (same params)."""
+
+    def __init__(self, max_retry: int = RETRY_LIMIT) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        log.warning("trial %d lost its worker (no heartbeat); marked FAIL and queued again", trial.number)
+        self.retry(study, trial)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                mlflow.MlflowClient().set_terminated(run_id, "FAILED")
+            except Exception as err:  # noqa: BLE001 - bookkeeping only; the retry is already queued
+                log.warning("could not mark MLflow run %s FAILED: %s", run_id, err)
+
+
+def open_storage(url: str, tune: TuneConfig) -> optuna.storages.RDBStorage:
+    """The RDB storage with heartbeats; creates the folder of a SQLite file."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Workers wait up to 60 s for each other's write locks instead of failing after 5 s.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=tune.heartbeat_s,
+            grace_period=tune.grace_s, heartbeat_stale_trial_callback=RetryStaleTrial())
+
+
+def open_study(cfg: Config, storage: str | None = None) -> optuna.Study:
+    """Create the study, or load it if it exists (resume, or join other workers)."""
+    return optuna.create_study(
+        study_name=cfg.tune.study_name,
+        storage=open_storage(storage or cfg.tune.storage, cfg.tune),
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed,
+                                           n_startup_trials=TPE_STARTUP_TRIALS),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS),
+    )
+
+
+def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = None) -> optuna.Study:
+    """Run trials until the study holds `n_trials` finished (complete or pruned) trials.
+
+    Args:
+        cfg: the resolved config; `cfg.tune` sets the study, the search space and the storage.
+        n_trials: the study's target size (default `tune.n_trials`). One call runs at most the
+            missing number of trials, failed ones included, so a resumed study only fills the gap
+            and a failing objective cannot loop; concurrent workers stop once the study is full
+            (each may finish the trial it is running, so the total can exceed the target by up
+            to workers - 1).
+        storage: an SQLAlchemy URL overriding `tune.storage`.
+
+    Returns:
+        The study. The best parameters are written to `tune.out_file` when a trial completed.
+    """
+    target = cfg.tune.n_trials if n_trials is None else n_trials
+    study = open_study(cfg, storage)
+    remaining = target - len(study.get_trials(deepcopy=False, states=FINISHED))
+    if remaining > 0:
+        parent = _parent_run_id(cfg, study)
+        with tracking.start_run(cfg, "tune", run_id=parent):
+            study.optimize(make_objective(cfg), n_trials=remaining, timeout=cfg.tune.timeout_s or None,
+                           catch=(Exception,),
+                           callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)])
+            log_study(study)
+    if completed(study):
+        write_best_params(study, cfg.tune.out_file)
+    return study
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def _parent_run_id(cfg: Config, study: optuna.Study) -> str:
+    """The study's MLflow parent run, created by the first worker and kept in the study."""
+    stored = study.user_attrs.get(PARENT_RUN_ATTR)
+    if stored:
+        return stored
+    with tracking.start_run(cfg, f"tune-{cfg.tune.study_name}") as run:
+        mlflow.set_tag("optuna.study", cfg.tune.study_name)
+    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+    stored = study.user_attrs[PARENT_RUN_ATTR]  # two workers starting at once: the last write wins
+    if stored != run.info.run_id:
+        mlflow.MlflowClient().delete_run(run.info.run_id)
+    return stored
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+def best_overrides(study: optuna.Study) -> dict[str, Any]:
+    """The best trial's parameters as dotted config overrides."""
+    return dict(study.best_trial.params)
+
+
+def write_best_params(study: optuna.Study, path: str | Path) -> Path:
+    """Write the best parameters as a YAML mapping of dotted overrides (atomically)."""
+    best = study.best_trial
+    header = (f"# best of study '{study.study_name}': trial {best.number}, "
+              f"dev/overall {best.value:.4f}\n# use: mtbert train --overrides-file {path}\n")
+    return atomic_write_text(path, header + yaml.safe_dump(best_overrides(study), sort_keys=True))
+
+
+def log_study(study: optuna.Study) -> None:
+    """Log trial counts, the best value and params, and the study plots to the active MLflow run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    from optuna.visualization import matplotlib as optuna_plots
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    mlflow.log_metrics({f"tune/trials_{s.name.lower()}": float(states.count(s)) for s in TrialState})
+    done = completed(study)
+    if not done:
+        return
+    mlflow.log_metric("tune/best_dev_overall", study.best_value)
+    mlflow.log_dict(best_overrides(study), "tune/best_params.yaml")
+    import matplotlib.pyplot as plt
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = optuna_plots.plot_optimization_history(study)
+            mlflow.log_figure(ax.figure, "tune/optimization_history.png")
+            if len(done) >= 2:
+                # PED-ANOVA needs no scikit-learn (the default fANOVA evaluator does).
+                evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+                ax = optuna_plots.plot_param_importances(study, evaluator=evaluator)
+                mlflow.log_figure(ax.figure, "tune/param_importances.png")
+    except (ValueError, RuntimeError) as err:  # e.g. trials without parameters: report, go on
+        log.warning("could not plot study %s: %s", study.study_name, err)
+    finally:
+        plt.close("all")
