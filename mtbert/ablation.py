@@ -1,0 +1,301 @@
+"""`mtbert ablate`: train and evaluate named sets of configurations under one budget.
+
+`ablations.yaml` names sets; a set names the profile it runs on and a list of configurations, each a
+name plus dotted overrides (`model.pooling=mean`) applied on top of the resolved base config. Every
+configuration trains into `ROOT/SET/CONFIG/` (model, eval, mlm) with the base seed, data and
+budget unless its overrides change them, is evaluated on the dev sets, and leaves `result.json`
+there. A configuration whose result exists (for the same resolved config) is skipped, so an
+interrupted set resumes where it stopped; a half-trained configuration resumes from its checkpoint.
+A configuration with `mlm.enabled=true` first runs MLM further pretraining into its `mlm/` folder
+and trains from it (`train.init_from`); its wall time includes the pretraining.
+
+Tracking: one MLflow parent run per set (re-opened on resume) with a nested run per configuration.
+The results go to `OUT.md` (a table between markers, so prose around it survives a re-run) and
+`OUT.csv` (rows of other sets are kept). Edge module: it calls the stages and `mtbert.tracking`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+
+from mtbert import stages, tracking
+from mtbert.checkpoint import atomic_write_text
+from mtbert.config import Config, ConfigError, parse_override, to_dict, with_overrides
+
+RESULT_FILE = "result.json"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names become folder names
+SET_KEYS = {"profile", "description", "configs"}
+CONFIG_KEYS = {"name", "overrides"}
+RESERVED = {"profile", "train.out_dir", "eval.out_dir", "mlm.out_dir", "train.init_from"}
+COLUMNS = ["set", "config", "overrides", "seed", "dev_sst_acc", "dev_para_acc", "dev_sts_pearson",
+           "dev_overall", "train_steps", "mlm_s", "train_s", "eval_s", "wall_s"]
+METRIC_COLUMNS = {"dev/sst/accuracy": "dev_sst_acc", "dev/para/accuracy": "dev_para_acc",
+                  "dev/sts/pearson": "dev_sts_pearson", "dev/overall": "dev_overall"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a set: a name and dotted `key=value` overrides."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AblationSet:
+    """A named set of configurations run on one profile."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    profile: str | None = None
+    description: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading ablations.yaml
+
+
+def load_sets(path: str | Path) -> dict[str, AblationSet]:
+    """Read and check every set of an ablations file. Raises ConfigError naming the bad entry."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    sets = raw.get("sets") if isinstance(raw, dict) else None
+    if not isinstance(sets, dict) or not sets:
+        raise ConfigError(f"{path}: expected a top-level 'sets:' mapping of set names")
+    return {name: _parse_set(f"{path}: sets.{name}", str(name), body) for name, body in sets.items()}
+
+
+def _parse_set(where: str, name: str, body: Any) -> AblationSet:
+    if not isinstance(body, dict) or not NAME_PATTERN.match(name):
+        raise ConfigError(f"{where}: a set needs a plain name and a mapping with 'configs'")
+    unknown = sorted(set(body) - SET_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key; valid: {', '.join(sorted(SET_KEYS))}")
+    configs = body.get("configs")
+    if not isinstance(configs, list) or not configs:
+        raise ConfigError(f"{where}.configs: expected a non-empty list of {{name, overrides}}")
+    variants = tuple(_parse_variant(f"{where}.configs[{i}]", c) for i, c in enumerate(configs))
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}.configs: duplicate names {duplicates}")
+    return AblationSet(name, variants, body.get("profile"), str(body.get("description", "")).strip())
+
+
+def _parse_variant(where: str, entry: Any) -> Variant:
+    if not isinstance(entry, dict) or set(entry) - CONFIG_KEYS or "name" not in entry:
+        raise ConfigError(f"{where}: expected a mapping with 'name' and optional 'overrides'")
+    name = str(entry["name"])
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"{where}.name: {name!r} must be letters, digits, '_', '.', '-'")
+    overrides = entry.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{where}.overrides: expected a list like ['model.pooling=mean']")
+    for text in overrides:
+        key, _ = parse_override(str(text))
+        if key in RESERVED:
+            raise ConfigError(f"{where}.overrides: {key} is set by `mtbert ablate` itself")
+    return Variant(name, tuple(str(o) for o in overrides))
+
+
+def variant_config(base: Config, variant: Variant, run_dir: Path) -> Config:
+    """The resolved config of one configuration: base + overrides + its own output folders."""
+    overrides: dict[str, Any] = dict(parse_override(o) for o in variant.overrides)
+    overrides.update({"train.out_dir": str(run_dir / "model"), "eval.out_dir": str(run_dir / "eval"),
+                      "mlm.out_dir": str(run_dir / "mlm"), "eval.predict_test": False})
+    try:
+        return with_overrides(base, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"configuration {variant.name!r}: {err}") from None
+
+
+def check_profile(base: Config, ablation: AblationSet) -> None:
+    """A set runs on the profile it names; say how to ask for it when the command line did not."""
+    if ablation.profile is not None and base.profile != ablation.profile:
+        raise ConfigError(
+            f"set {ablation.name!r} runs on profile {ablation.profile!r} but the resolved profile is "
+            f"{base.profile!r}; run: mtbert ablate --set {ablation.name} profile={ablation.profile}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a set
+
+
+def run_from_file(base: Config, path: str | Path, set_name: str, *, root: str | Path,
+                  out: str | Path, keep_models: bool = False,
+                  only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Entry point of `mtbert ablate`: run (or resume) set `set_name` of the file at `path`."""
+    sets = load_sets(path)
+    if set_name not in sets:
+        raise ConfigError(f"{path}: no set {set_name!r}; sets: {', '.join(sets)}")
+    return run_set(base, sets[set_name], root=root, out=out, keep_models=keep_models, only=only)
+
+
+def run_set(base: Config, ablation: AblationSet, *, root: str | Path, out: str | Path,
+            keep_models: bool = False, only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the configurations of `ablation` not finished yet (or just those named in `only`).
+
+    The tables are rewritten after each configuration and list every finished configuration of
+    the set, in the set's order.
+    """
+    check_profile(base, ablation)
+    unknown = sorted(set(only or ()) - {v.name for v in ablation.variants})
+    if unknown:
+        raise ConfigError(f"set {ablation.name!r} has no configuration {unknown}")
+    set_dir = Path(root) / ablation.name
+    configs = {v.name: variant_config(base, v, set_dir / v.name)
+               for v in ablation.variants}  # all resolved first: a bad override fails before training
+    rows: list[dict[str, Any]] = []
+    paths: tuple[Path, ...] = ()
+    with _parent_run(base, ablation, set_dir):
+        for variant in ablation.variants:
+            cfg = configs[variant.name]
+            row = (_run_or_load(ablation, variant, cfg, keep_models)
+                   if only is None or variant.name in only else _finished(cfg))
+            if row is not None:
+                rows.append(row)
+                paths = write_tables(rows, out, ablation)
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path="ablation")
+    return rows
+
+
+@contextlib.contextmanager
+def _parent_run(base: Config, ablation: AblationSet, set_dir: Path) -> Iterator[None]:
+    run_id = tracking.load_run_id(set_dir)
+    if run_id is not None and not _run_exists(run_id):
+        run_id = None  # recorded in another tracking store: start a new parent run
+    with tracking.start_run(base, f"ablation-{ablation.name}", run_id=run_id) as run:
+        tracking.save_run_id(set_dir, run.info.run_id)
+        mlflow.set_tags({"ablation.set": ablation.name, "ablation.description": ablation.description})
+        yield
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.MlflowClient(tracking_uri=tracking.tracking_uri()).get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def _finished(cfg: Config) -> dict[str, Any] | None:
+    """The stored row of a configuration finished with exactly this config, else None."""
+    result_path = Path(cfg.train.out_dir).parent / RESULT_FILE
+    if not result_path.exists():
+        return None
+    stored = json.loads(result_path.read_text())
+    return stored["row"] if stored.get("resolved_config") == to_dict(cfg) else None
+
+
+def _run_or_load(ablation: AblationSet, variant: Variant, cfg: Config,
+                 keep_models: bool) -> dict[str, Any]:
+    finished = _finished(cfg)
+    if finished is not None:
+        return finished
+    result_path = Path(cfg.train.out_dir).parent / RESULT_FILE
+    with tracking.start_run(cfg, f"{ablation.name}/{variant.name}", nested=True) as run:
+        mlflow.set_tags({"ablation.set": ablation.name, "ablation.config": variant.name,
+                         "ablation.overrides": "; ".join(variant.overrides) or "(none)"})
+        measured = _train_and_evaluate(cfg, run.info.run_id)
+        mlflow.log_metrics({k: float(v) for k, v in measured.items()})
+    row = _row(ablation, variant, cfg, measured)
+    atomic_write_text(result_path, json.dumps({"row": row, "resolved_config": to_dict(cfg)}, indent=2))
+    if not keep_models:
+        for folder in (cfg.train.out_dir, cfg.mlm.out_dir, stages.checkpoint_dir(cfg)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return row
+
+
+def _train_and_evaluate(cfg: Config, run_id: str) -> dict[str, float]:
+    """(MLM pretraining,) training and dev evaluation of one configuration, with timings."""
+    logger = tracking.MlflowCallback(run_id)
+    timings = {"mlm_s": 0.0}
+    start = time.monotonic()
+    try:
+        if cfg.mlm.enabled:
+            mlm_stats = stages.pretrain_mlm(cfg, callbacks=[logger])
+            mlflow.log_metrics(mlm_stats)
+            cfg = with_overrides(cfg, {"train.init_from": cfg.mlm.out_dir})
+            timings["mlm_s"] = time.monotonic() - start
+        train_start = time.monotonic()
+        state = stages.train(cfg, resume=True, callbacks=[logger])
+    finally:
+        logger.close()
+    eval_start = time.monotonic()
+    metrics = stages.evaluate(cfg)
+    end = time.monotonic()
+    timings.update(train_s=eval_start - train_start, eval_s=end - eval_start, wall_s=end - start)
+    return {**metrics, **timings, "train_steps": float(state.global_step)}
+
+
+def _row(ablation: AblationSet, variant: Variant, cfg: Config, measured: dict[str, float]) -> dict[str, Any]:
+    row: dict[str, Any] = {"set": ablation.name, "config": variant.name,
+                           "overrides": "; ".join(variant.overrides), "seed": cfg.seed}
+    row.update({column: measured[key] for key, column in METRIC_COLUMNS.items()})
+    row.update({key: measured[key] for key in ("train_steps", "mlm_s", "train_s", "eval_s", "wall_s")})
+    row["train_steps"] = int(row["train_steps"])
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results as a markdown table; the first row is the reference of the delta column."""
+    if not rows:
+        return "(no results)"
+    reference = rows[0]["dev_overall"]
+    lines = [f"| config | overrides | seed | SST acc | Quora acc | STS r | overall | "
+             f"Δ overall vs {rows[0]['config']} | steps | wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['overrides'].replace('; ', ', ') or '(none)'} | {r['seed']} | "
+            f"{r['dev_sst_acc']:.4f} | {r['dev_para_acc']:.4f} | {r['dev_sts_pearson']:.4f} | "
+            f"{r['dev_overall']:.4f} | {r['dev_overall'] - reference:+.4f} | {r['train_steps']} | "
+            f"{r['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_tables(rows: list[dict[str, Any]], out: str | Path, ablation: AblationSet) -> tuple[Path, Path]:
+    """Write the set's table into `OUT.md` (between its markers) and its rows into `OUT.csv`."""
+    md_path, csv_path = Path(f"{out}.md"), Path(f"{out}.csv")
+    start, end = f"<!-- ablation:{ablation.name}:start -->", f"<!-- ablation:{ablation.name}:end -->"
+    block = f"{start}\n{markdown_table(rows)}\n{end}"
+    text = md_path.read_text() if md_path.exists() else "# Ablation results\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = f"{text.rstrip()}\n\n## Set `{ablation.name}`\n\n{block}\n"
+    atomic_write_text(md_path, text)
+    kept = []
+    if csv_path.exists():
+        with csv_path.open(newline="") as fh:
+            kept = [r for r in csv.DictReader(fh) if r.get("set") != ablation.name]
+    atomic_write_text(csv_path, _csv_text(kept + rows))
+    return md_path, csv_path
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
