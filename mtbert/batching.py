@@ -96,13 +96,12 @@ def tokenize_frame(tokenizer, frame: pd.DataFrame, task: str, pair_encoding: str
 def pad(seqs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> Encoded:
     """Pad (ids, type_ids) sequences to the longest one. Returns (B, T) tensors."""
     width = max(len(ids) for ids, _ in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    type_ids = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (ids, types) in enumerate(seqs):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        type_ids[i, : len(types)] = torch.tensor(types)
-        mask[i, : len(ids)] = 1
+    # One tensor per field from padded lists: a per-row tensor copy costs more than the model's
+    # embedding lookup for short sequences.
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in seqs], dtype=torch.long)
+    type_ids = torch.tensor([types + [0] * (width - len(types)) for _, types in seqs], dtype=torch.long)
+    lengths = torch.tensor([len(ids) for ids, _ in seqs])
+    mask = (torch.arange(width) < lengths[:, None]).long()
     return Encoded(input_ids, mask, type_ids)
 
 
