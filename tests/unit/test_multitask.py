@@ -20,15 +20,6 @@ TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attent
                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run fastest on one thread; on a shared CPU, two threads can spin 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(**model_options: object) -> MultitaskBert:
     torch.manual_seed(0)
     cfg = dataclasses.replace(ModelConfig(head_dropout=0.0), **model_options)

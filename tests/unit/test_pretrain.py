@@ -24,15 +24,6 @@ PAD, CLS, SEP, MASK = 0, 1, 2, 3
 TOKENS = pretrain.MlmTokens(frozenset({PAD, CLS, SEP, MASK}), MASK, PAD, 99)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run fastest on one thread; on a shared CPU, two threads can spin 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def repeated_token_sentences(n: int, seed: int) -> list[list[int]]:
     """[CLS] a a ... a [SEP]: a masked token can be read off its neighbours (the context)."""
     g = torch.Generator().manual_seed(seed)

@@ -27,15 +27,6 @@ TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attent
 PLAIN = TrainConfig(grad_clip=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run fastest on one thread; on a shared CPU, two threads can spin 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class RecordingSGD(torch.optim.SGD):
     """SGD that keeps a copy of every parameter's gradient at each step."""
 
