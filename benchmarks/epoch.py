@@ -193,7 +193,7 @@ def _tick(phases: dict[str, float], name: str, since: float) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = _common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=8, help="steps timed per variant")
+    parser.add_argument("--samples", type=int, default=6, help="steps timed per variant")
     parser.add_argument("--breakdown", type=int, default=4,
                         help="steps of ours to split into phases and profile (0: skip)")
     parser.add_argument("--max-tokens", type=int, default=None,
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mtbert.config import load_config
     from mtbert.model.multitask import build_multitask
     from mtbert.optim import build_optimizer
+    from mtbert.stages import head_lr_scale
 
     overrides = [f"model.checkpoint={_common.checkpoint(args.smoke)}"]
     if args.max_tokens is not None:
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data, _ = load_data(cfg, args.data_dir or _common.default_data_dir(), args.smoke)
     torch.manual_seed(cfg.seed)
     model = build_multitask(cfg.model)
-    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
+                                lr_scale=head_lr_scale(cfg))  # as stages.train builds it
     plans = {v: plan(data, cfg.train, cfg.seed, VARIANTS[v][0]) for v in VARIANTS}
     stats = {v: padding_stats(data, plans[v], VARIANTS[v][1]) for v in VARIANTS}
     samples = 2 if args.smoke else args.samples

