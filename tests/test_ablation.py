@@ -16,6 +16,7 @@ from mtbert.ablation import (
     Variant,
     check_profile,
     load_sets,
+    run_set,
     variant_config,
     write_tables,
 )
@@ -64,6 +65,8 @@ def test_bad_overrides_and_wrong_profiles_fail_before_training() -> None:
         variant_config(base, Variant("bad", ("train.lr=-1",)), Path("x"))
     with pytest.raises(ConfigError, match="profile=ablation"):
         check_profile(base, AblationSet("main", (Variant("a"),), profile="ablation"))
+    with pytest.raises(ConfigError, match="no configuration"):
+        run_set(base, AblationSet("s", (Variant("a"),)), root="unused", out="unused", only=["b"])
 
 
 def _row(config: str, overall: float) -> dict:

@@ -168,7 +168,7 @@ def first_positions(hidden: Tensor, ctx: AttnContext) -> Tensor:
         return hidden[:, 0]
     is_first = ctx.cols == 0
     grid = hidden.new_zeros(ctx.batch, hidden.shape[-1])
-    return grid.index_put((ctx.rows[is_first],), hidden[is_first])
+    return grid.index_put_((ctx.rows[is_first],), hidden[is_first])
 
 
 def eager_attention(
@@ -249,7 +249,7 @@ class BertSelfAttention(nn.Module):
         if ctx.packed:
             # Attention needs the (B, T) grid; pad rows are zero and masked as keys.
             grid = qkv.new_zeros(bsz, seq_len, 3 * width)
-            qkv = grid.index_put((ctx.rows, ctx.cols), qkv)
+            qkv = grid.index_put_((ctx.rows, ctx.cols), qkv)
         # (B, T, 3H) -> (3, B, heads, T, d) as views: no copies before attention.
         qkv = qkv.view(bsz, seq_len, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -275,7 +275,7 @@ class BertSelfAttention(nn.Module):
         q = F.linear(first, self.qkv.weight[:width], self.qkv.bias[:width])  # (B, H)
         kv = F.linear(hidden, self.qkv.weight[width:], self.qkv.bias[width:])  # (B, T, 2H) or (N, 2H)
         if ctx.packed:
-            kv = kv.new_zeros(bsz, seq_len, 2 * width).index_put((ctx.rows, ctx.cols), kv)
+            kv = kv.new_zeros(bsz, seq_len, 2 * width).index_put_((ctx.rows, ctx.cols), kv)
         k, v = kv.view(bsz, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q = q.view(bsz, self.num_heads, 1, self.head_dim)  # (B, heads, 1, d)
         p = self.dropout_p if self.training else 0.0
@@ -512,5 +512,5 @@ class BertModel(nn.Module):
             return BertOutput(hidden, self.pooler(hidden), attentions)
         if ctx.packed:
             grid = hidden.new_zeros(ctx.batch, ctx.seq_len, hidden.shape[-1])
-            hidden = grid.index_put((ctx.rows, ctx.cols), hidden)  # (B, T, H)
+            hidden = grid.index_put_((ctx.rows, ctx.cols), hidden)  # (B, T, H)
         return BertOutput(hidden, self.pooler(hidden), attentions)
