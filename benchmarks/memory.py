@@ -4,7 +4,7 @@
    the quick profile in a fresh project folder (course data imported and prepared first). Goal:
    peak RSS <= 3 GB.
 2. Ours vs peer on the same single-task workload: the two training loops of
-   ``benchmarks/trainer.py`` (mtbert's fit vs the plain HF loop) on the first SST examples.
+   ``benchmarks/trainer.py`` (mtbert's fit vs the plain HF loop) on a sample of SST examples.
 
 Each command runs under a small Python wrapper that waits for it and reads
 ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``: the peak RSS of that one child. Run:
@@ -117,7 +117,7 @@ def summarize(goal_run: dict, loops: dict, profile: str, rows: int, threads: int
         "goal": f"mtbert train ({profile} profile) peak RSS <= {GOAL_MB} MB",
         "goal_met": goal_run["peak_mb"] <= GOAL_MB,
         "setup": {"goal_run": f"mtbert train, {profile} profile, fresh project, MLflow into local SQLite",
-                  "ours_vs_peer": f"benchmarks/trainer.py loops (fit vs HF loop), first {rows} SST "
+                  "ours_vs_peer": f"benchmarks/trainer.py loops (fit vs HF loop), {rows} SST "
                                   f"examples, one epoch, no evaluation",
                   "threads": threads,
                   "method": "wrapper process per command; resource.getrusage(RUSAGE_CHILDREN).ru_maxrss"},

@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("ours", "peer", "unit", "ratio", "setup")
-BENCHMARKS = ("encoder", "epoch", "trainer", "predict", "memory")
+# memory runs the real `mtbert train` CLI plus two training processes: about a minute.
+BENCHMARKS = ("encoder", "epoch", "trainer", "predict", pytest.param("memory", marks=pytest.mark.slow))
 
 
 def _numbers(value: object) -> list[float]:
