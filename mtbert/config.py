@@ -88,6 +88,7 @@ class ModelConfig:
     head_dropout: float = 0.1
     encoder_dropout: float | None = None
     attn_impl: str = "sdpa"
+    unpad: bool = True
     max_length: int = 128
 
 

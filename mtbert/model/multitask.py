@@ -80,12 +80,13 @@ def build_multitask(cfg: ModelConfig, init_from: str | None = None) -> Multitask
     """A new multitask model on a pretrained encoder (`init_from` overrides the checkpoint)."""
     encoder = load_pretrained_bert(init_from or cfg.checkpoint, attn_impl=cfg.attn_impl,
                                    dropout=cfg.encoder_dropout)
+    encoder.unpad = cfg.unpad
     return MultitaskBert(encoder, cfg)
 
 
 def multitask_from_state(bert_config: BertConfig, cfg: ModelConfig,
                          state: dict[str, Tensor]) -> MultitaskBert:
     """Rebuild a trained model from its saved encoder shape, config and weights (strict)."""
-    model = MultitaskBert(BertModel(bert_config, attn_impl=cfg.attn_impl), cfg)
+    model = MultitaskBert(BertModel(bert_config, attn_impl=cfg.attn_impl, unpad=cfg.unpad), cfg)
     model.load_state_dict(state, strict=True)
     return model

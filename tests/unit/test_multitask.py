@@ -131,3 +131,16 @@ def test_head_dropout_rate_reaches_every_head() -> None:
     plain = make_model(head_dropout=0.0)
     with torch.no_grad():
         torch.testing.assert_close(plain.train()("sst", enc), plain.eval()("sst", enc))
+
+
+def test_unpad_option_reaches_the_encoder_and_keeps_predictions() -> None:
+    from mtbert.model.multitask import multitask_from_state
+
+    packed = make_model(pooling="mean")
+    plain = multitask_from_state(TINY, dataclasses.replace(packed.cfg, unpad=False),
+                                 packed.state_dict()).eval()
+    assert packed.encoder.unpad and not plain.encoder.unpad
+    enc = make_enc(2 * B, seed=3)
+    with torch.no_grad():
+        for task in ("sst", "para", "sts"):
+            torch.testing.assert_close(plain(task, enc), packed(task, enc), atol=1e-5, rtol=1e-4)
