@@ -33,7 +33,7 @@ import yaml
 
 from mtbert import stages, tracking
 from mtbert.checkpoint import atomic_write_text
-from mtbert.config import Config, ConfigError, parse_override, to_dict, with_overrides
+from mtbert.config import Config, ConfigError, flatten, parse_override, to_dict, with_overrides
 
 RESULT_FILE = "result.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names become folder names
@@ -200,7 +200,19 @@ def _finished(cfg: Config) -> dict[str, Any] | None:
     if not result_path.exists():
         return None
     stored = json.loads(result_path.read_text())
-    return stored["row"] if stored.get("resolved_config") == to_dict(cfg) else None
+    return stored["row"] if same_config(stored.get("resolved_config") or {}, cfg) else None
+
+
+def same_config(stored: dict[str, Any], cfg: Config) -> bool:
+    """Whether a stored resolved config is `cfg`, allowing for options added to the code since.
+
+    A key the stored config lacks counts as equal only when `cfg` holds that option's default,
+    i.e. the run behaved as the new option's default does: results survive new options.
+    """
+    old, new, default = flatten(stored), flatten(to_dict(cfg)), flatten(to_dict(Config()))
+    added = set(new) - set(old)
+    return (set(old) <= set(new) and all(old[k] == new[k] for k in old)
+            and all(k in default and new[k] == default[k] for k in added))
 
 
 def _run_or_load(ablation: AblationSet, variant: Variant, cfg: Config,

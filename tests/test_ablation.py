@@ -17,10 +17,11 @@ from mtbert.ablation import (
     check_profile,
     load_sets,
     run_set,
+    same_config,
     variant_config,
     write_tables,
 )
-from mtbert.config import ConfigError, Config, load_config
+from mtbert.config import ConfigError, Config, load_config, to_dict, with_overrides
 from tests.conftest import REPO_ROOT, run_cli
 
 
@@ -142,3 +143,13 @@ def test_configs_are_typed(tmp_path: Path) -> None:
     cfg = variant_config(load_config(REPO_ROOT / "params.yaml", ["profile=tiny"]), ablation.variants[0],
                          tmp_path)
     assert isinstance(cfg, Config) and cfg.seed == 5 and cfg.train.out_dir == str(tmp_path / "model")
+
+
+def test_stored_results_survive_new_options_only_at_their_defaults() -> None:
+    cfg = load_config(REPO_ROOT / "params.yaml", ["profile=ablation"])
+    stored = to_dict(cfg)
+    assert same_config(stored, cfg)
+    del stored["model"]["unpad"]  # a result written before the option existed
+    assert same_config(stored, cfg)
+    assert not same_config(stored, with_overrides(cfg, {"model.unpad": False}))
+    assert not same_config(stored, with_overrides(cfg, {"train.lr": 1e-3}))
