@@ -21,6 +21,7 @@ from mtbert.fileio import atomic_write, atomic_write_text  # noqa: F401 - re-exp
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.safetensors"
 META_FILE = "mtbert.json"
+TEACHER_KEY = "bregman_teacher"  # SMART's EMA teacher weights; only in checkpoints of runs that use it
 
 
 class CheckpointError(RuntimeError):
@@ -28,8 +29,11 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: Any, config: dict[str, Any]) -> Path:
-    """Write a resumable checkpoint (model, optimizer, trainer state, RNG, config) atomically."""
+                    state: Any, config: dict[str, Any], teacher: torch.nn.Module | None = None) -> Path:
+    """Write a resumable checkpoint (model, optimizer, trainer state, RNG, config) atomically.
+
+    `teacher` (SMART's Bregman teacher module, when training uses one) is saved under TEACHER_KEY.
+    """
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -38,6 +42,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "config": config,
     }
+    if teacher is not None:
+        payload[TEACHER_KEY] = teacher.state_dict()
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 

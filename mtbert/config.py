@@ -99,6 +99,8 @@ class SmartConfig:
     noise_var: float = 1e-5
     step_size: float = 1e-3
     epsilon: float = 1e-6
+    bregman_weight: float = 1.0  # mu of the Bregman proximal term; 0 turns it off
+    bregman_beta: float = 0.99  # EMA momentum of the proximal teacher's parameters
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.head_lr_scale: must be > 0, got {t.head_lr_scale}")
     _check_range("train.warmup_ratio", t.warmup_ratio, 0.0, 1.0)
     _check_range("mlm.mask_prob", cfg.mlm.mask_prob, 0.0, 1.0)
+    _check_range("train.smart.bregman_beta", t.smart.bregman_beta, 0.0, 1.0, high_open=False)
     for task in TASKS:
         if t.loss_scale.get(task) < 0:
             raise ConfigError(f"train.loss_scale.{task}: must be >= 0")
@@ -355,6 +358,7 @@ def _validate_non_negative(cfg: Config) -> None:
               for name in ("train_size", "resample_to", "dev_size") for task in TASKS]
     checks += [("train.checkpoint_every", t.checkpoint_every), ("train.max_tokens", t.max_tokens),
                ("train.threads", t.threads), ("train.grad_clip", t.grad_clip),
+               ("train.smart.bregman_weight", t.smart.bregman_weight),
                ("augment.eda_copies", cfg.augment.eda_copies)]
     for path, value in checks:
         if value is not None and value < 0:

@@ -9,18 +9,21 @@ stabilizer; the paper's explicit projection onto an epsilon-ball is not used. Be
 the perturbation then has entries up to 1, `embeds` should be the LayerNorm-ed output
 of the embedding layer (entries of order 1), as in mt-dnn, not raw word vectors.
 
-Not included: the paper's Bregman proximal point optimization (the momentum-teacher
-term that keeps the model near its previous iterate). It needs a copy of the model
-held across steps, which belongs in the training loop, not in this pure function.
+The paper's second half, momentum Bregman proximal point optimization, is here as
+`BregmanTeacher` (a slowly moving EMA copy of the parameters, theta~) and
+`bregman_divergence` (the same symmetric divergence between the current model's outputs
+and theta~'s outputs on the same batch). The training loop adds mu * D_Breg to the loss
+and updates the teacher after each optimizer step (mtbert/train.py).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 SMART_KINDS: tuple[str, ...] = ("classification", "regression")
 
@@ -113,3 +116,49 @@ def smart_adversarial_loss(
         loss = _divergence(forward_fn(detached + noise), reference, kind)
         noise = _ascent_step(noise, loss, step_size, epsilon)
     return _divergence(forward_fn(embeds + noise.detach()), clean_out, kind)
+
+
+def bregman_divergence(out: Tensor, teacher_out: Tensor, kind: str) -> Tensor:
+    """SMART's Bregman divergence D_Breg(theta, theta~) on one batch.
+
+    The same divergence as the adversarial term (symmetric KL of logits (B, C) for
+    "classification", mean squared error of scores (B,) for "regression") between the
+    current model's output and the teacher's. The teacher's output is a constant target:
+    gradients flow only into `out`.
+    """
+    if kind not in SMART_KINDS:
+        raise ValueError(f"unknown SMART kind {kind!r}; valid kinds: {', '.join(SMART_KINDS)}")
+    return _divergence(out, teacher_out.detach(), kind)
+
+
+class BregmanTeacher:
+    """The slowly moving parameters theta~ of SMART's momentum Bregman proximal point step.
+
+    Holds one frozen copy of the model (no gradients). After each optimizer step,
+    `update` sets theta~ <- (1 - beta) theta + beta theta~ for every floating-point
+    parameter and buffer (other buffers are copied). beta = 0 makes theta~ the previous
+    iterate (vanilla proximal point); beta = 1 keeps it at the starting weights.
+    """
+
+    def __init__(self, model: nn.Module, beta: float) -> None:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"need 0 <= beta <= 1, got beta={beta}")
+        self.beta = beta
+        self.module = copy.deepcopy(model)  # theta~_0 = theta_0
+        self.module.requires_grad_(False)
+
+    def _pairs(self, model: nn.Module) -> list[tuple[Tensor, Tensor]]:
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [*model.parameters(), *model.buffers()]
+        if len(mine) != len(theirs):
+            raise ValueError("the teacher and the model have different parameters")
+        return list(zip(mine, theirs))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """theta~ <- (1 - beta) theta + beta theta~, in place, from `model`'s current weights."""
+        for slow, fast in self._pairs(model):
+            if slow.is_floating_point():
+                slow.mul_(self.beta).add_(fast.detach(), alpha=1.0 - self.beta)
+            else:
+                slow.copy_(fast)

@@ -21,7 +21,7 @@ from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import lr_at
 from mtbert.pcgrad import assign_flat_grad, flat_grads, pcgrad
 from mtbert.samplers import build_schedule
-from mtbert.smart import smart_adversarial_loss
+from mtbert.smart import BregmanTeacher, bregman_divergence, smart_adversarial_loss
 from mtbert.tasks import TASKS
 
 
@@ -76,13 +76,27 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig,
-               metrics: dict[str, float] | None = None) -> Tensor:
-    """The task loss of one batch (plus the SMART term when enabled), unscaled.
+def uses_bregman(cfg: TrainConfig) -> bool:
+    """Whether SMART's Bregman proximal term (and so an EMA teacher) is on."""
+    return cfg.smart.enabled and cfg.smart.bregman_weight > 0
 
-    If `metrics` is given, the SMART term is recorded in it as `train/<task>/smart`.
+
+def make_teacher(model: MultitaskBert, cfg: TrainConfig) -> BregmanTeacher | None:
+    """SMART's EMA teacher (a copy of `model`) when the Bregman proximal term is on, else None."""
+    return BregmanTeacher(model, cfg.smart.bregman_beta) if uses_bregman(cfg) else None
+
+
+def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig,
+               metrics: dict[str, float] | None = None, teacher: BregmanTeacher | None = None) -> Tensor:
+    """The task loss of one batch (plus the SMART terms when enabled), unscaled.
+
+    With SMART, the adversarial term is added, and with a `teacher` (and `train.smart.bregman_weight`
+    > 0) the Bregman proximal term too. If `metrics` is given, they are recorded in it as
+    `train/<task>/smart` and `train/<task>/bregman`.
     """
     device = batch.enc.input_ids.device
+    # Taken before the forward: the teacher replays its dropout masks.
+    rng = _rng_snapshot(device) if uses_bregman(cfg) and teacher is not None else None
     with _autocast(device, cfg.precision):
         out = model(batch.task, batch.enc)
         pred = out.float()
@@ -95,7 +109,42 @@ def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig,
             if metrics is not None:
                 metrics[f"train/{batch.task}/smart"] = smart.item()
             loss = loss + cfg.smart.weight * smart
+        if rng is not None:
+            term = _bregman_term(model, teacher, batch, out, rng)
+            if metrics is not None:
+                metrics[f"train/{batch.task}/bregman"] = term.item()
+            loss = loss + cfg.smart.bregman_weight * term
     return loss
+
+
+RngState = tuple[Tensor, Tensor | None]
+
+
+def _rng_snapshot(device: torch.device) -> RngState:
+    """The CPU (and, on CUDA, the device's) generator state, to replay dropout masks."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _bregman_term(model: MultitaskBert, teacher: BregmanTeacher, batch: Batch, out: Tensor,
+                  rng: RngState) -> Tensor:
+    """SMART's D_Breg(theta, theta~): divergence between `out` and the teacher's output, no grad.
+
+    The teacher runs in the model's mode from the generator state the model's forward started
+    from, so in training it draws the same dropout masks: the term measures only how far the
+    weights moved from theta~ (it is 0 when theta == theta~), not dropout noise. The generator is
+    forked, so the run's random stream is the same as without the term.
+    """
+    cpu, cuda = rng
+    teacher.module.train(model.training)
+    devices = [out.device] if cuda is not None else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, out.device)
+        target = teacher.module(batch.task, batch.enc)
+    if batch.task == "para":  # one logit: compare as two-class logits [0, z], as the adversarial term
+        out, target = (torch.stack([torch.zeros_like(z), z], dim=-1) for z in (out, target))
+    return bregman_divergence(out, target, "regression" if batch.task == "sts" else "classification")
 
 
 def _smart_term(model: MultitaskBert, batch: Batch, clean: Tensor, cfg: TrainConfig) -> Tensor:
@@ -128,12 +177,13 @@ def _smart_term(model: MultitaskBert, batch: Batch, clean: Tensor, cfg: TrainCon
 
 
 def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.optim.Optimizer,
-               cfg: TrainConfig, step_seed: int) -> dict[str, float]:
+               cfg: TrainConfig, step_seed: int, teacher: BregmanTeacher | None = None) -> dict[str, float]:
     """One optimizer step over one batch per task in `batches`; returns the step's metrics.
 
     Each task's loss is back-propagated as soon as it is computed, so only one task's activations
     are alive at a time. With PCGrad the per-task gradients are kept apart and combined by
-    gradient surgery instead of summed.
+    gradient surgery instead of summed. A SMART `teacher` (see `make_teacher`) adds the Bregman
+    proximal term and is moved toward the new weights after the optimizer step.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -141,7 +191,7 @@ def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.
     task_grads: list[Tensor] = []
     surgery = cfg.pcgrad and len(batches) > 1
     for batch in batches:
-        loss = batch_loss(model, batch, cfg, metrics)
+        loss = batch_loss(model, batch, cfg, metrics, teacher)
         (cfg.loss_scale.get(batch.task) * loss).backward()
         metrics[f"train/{batch.task}/loss"] = loss.item()
         if surgery:
@@ -155,6 +205,8 @@ def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.
         metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if teacher is not None:
+        teacher.update(model)
     return metrics
 
 
@@ -166,9 +218,20 @@ def _cursors(schedule: list[tuple[str, ...]], upto: int) -> dict[str, int]:
     return counts
 
 
+def _teacher_for(model: MultitaskBert, cfg: TrainConfig, state: TrainState | None,
+                 teacher: BregmanTeacher | None) -> BregmanTeacher | None:
+    """`teacher`, or a new one from `model` when the Bregman term is on and training starts at 0."""
+    if teacher is not None or not uses_bregman(cfg):
+        return teacher
+    if state is not None and state.global_step > 0:
+        raise ValueError("resuming with train.smart.bregman_weight > 0 needs the checkpoint's "
+                         "teacher (pass teacher=)")
+    return make_teacher(model, cfg)
+
+
 def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.optim.Optimizer,
         cfg: TrainConfig, seed: int, state: TrainState | None = None,
-        callbacks: Sequence[Callback] = ()) -> TrainState:
+        callbacks: Sequence[Callback] = (), teacher: BregmanTeacher | None = None) -> TrainState:
     """Train for `cfg.epochs` epochs, resuming from `state` if given.
 
     Args:
@@ -179,8 +242,11 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
         seed: run seed; with the epoch it fixes the batches and the task schedule.
         state: where to resume (from a checkpoint); None starts at step 0.
         callbacks: hooks for logging, checkpoints and evaluation.
+        teacher: SMART's EMA teacher (`make_teacher`), restored with `state` when resuming; None
+            with the Bregman term on starts one from `model` (only when not resuming).
     """
     device = next(model.parameters()).device
+    teacher = _teacher_for(model, cfg, state, teacher)
     state = state or TrainState(total_steps=total_steps(data, cfg, seed))
     warmup = int(cfg.warmup_ratio * state.total_steps)
     while state.epoch < cfg.epochs:
@@ -195,7 +261,8 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
                 rows = batches[task][cursor[task] % len(batches[task])]
                 cursor[task] += 1
                 step_batches.append(collate(data[task], rows).to(device))
-            metrics = train_step(model, step_batches, optimizer, cfg, _seed_for(seed, state.global_step))
+            metrics = train_step(model, step_batches, optimizer, cfg, _seed_for(seed, state.global_step),
+                                 teacher)
             metrics["train/lr"] = lr
             state.step_in_epoch += 1
             state.global_step += 1

@@ -18,6 +18,7 @@ from mtbert.checkpoint import (
     CHECKPOINT_FILE,
     META_FILE,
     MODEL_FILE,
+    TEACHER_KEY,
     CheckpointError,
     atomic_write,
     atomic_write_text,
@@ -26,6 +27,7 @@ from mtbert.checkpoint import (
     save_checkpoint,
 )
 from mtbert.config import Config, to_dict, with_overrides
+from mtbert.smart import BregmanTeacher
 from mtbert.train import TrainState
 
 # torch's safe loader warns about the protocol of the hand-made pickles below (and then refuses them).
@@ -204,6 +206,31 @@ def test_resume_with_the_same_config_restores_everything(tmp_path: Path, monkeyp
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"],
                        saved["optimizer"]["state"][0]["exp_avg"])
     assert torch.equal(torch.get_rng_state(), saved["rng_cpu"])
+
+
+def test_resume_restores_smart_teacher_exactly_and_needs_it(tmp_path: Path, monkeypatch) -> None:
+    cfg = with_overrides(Config(), {"train.smart.enabled": True})
+    monkeypatch.chdir(tmp_path)
+    ckpt = stages.checkpoint_dir(cfg) / CHECKPOINT_FILE
+    model, optimizer = _tiny()
+    teacher = BregmanTeacher(model, 0.5)
+    optimizer.step()  # move the model, so the teacher differs from it
+    teacher.update(model)
+    save_checkpoint(ckpt, model=model, optimizer=optimizer, state=TrainState(global_step=2),
+                    config=to_dict(cfg), teacher=teacher.module)
+    assert set(load_checkpoint(ckpt)[TEACHER_KEY]) == set(model.state_dict())
+    fresh, fresh_opt = _tiny()
+    fresh_teacher = BregmanTeacher(torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.Dropout(0.3),
+                                                       torch.nn.Linear(13, 5)), 0.5)
+    assert stages._maybe_resume(cfg, fresh, fresh_opt, fresh_teacher) == TrainState(global_step=2)
+    for key, value in teacher.module.state_dict().items():
+        assert torch.equal(fresh_teacher.module.state_dict()[key], value)
+    assert not torch.equal(teacher.module[0].weight, model[0].weight)
+    # A checkpoint without the teacher cannot resume a run that needs one (SMART off: see above).
+    save_checkpoint(ckpt, model=model, optimizer=optimizer, state=TrainState(global_step=2),
+                    config=to_dict(cfg))
+    with pytest.raises(CheckpointError, match=r"does not match this model \(KeyError: 'bregman_teacher'"):
+        stages._maybe_resume(cfg, fresh, fresh_opt, fresh_teacher)
 
 
 def test_resume_with_another_config_starts_fresh_with_a_warning(tmp_path: Path, monkeypatch,

@@ -138,6 +138,8 @@ def test_valid_values_survive_override_text(lr: float, dropout: float) -> None:
     (["train.lr=0"], r"^train\.lr: must be > 0, got 0\.0"),
     (["train.lr=-2e-5"], r"^train\.lr: must be > 0, got -2e-05"),
     (["model.head_dropout=1.0"], r"^model\.head_dropout: 1\.0 is outside \[0\.0, 1\.0\)"),
+    (["train.smart.bregman_beta=1.5"], r"^train\.smart\.bregman_beta: 1\.5 is outside \[0\.0, 1\.0\]"),
+    (["train.smart.bregman_weight=-1"], r"^train\.smart\.bregman_weight: must be >= 0, got -1\.0"),
     (["model.head_dropout=-0.1"], r"^model\.head_dropout: -0\.1 is outside \[0\.0, 1\.0\)"),
     (["model.encoder_dropout=1.5"], r"^model\.encoder_dropout: 1\.5 is outside"),
     (["train.sampler=random"], r"^train\.sampler: 'random' is not valid; choose one of: "
