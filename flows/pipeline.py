@@ -51,24 +51,13 @@ def tune_params(cfg: Config) -> dict[str, Any]:
 @task(name="train", cache_policy=NO_CACHE)
 def train(cfg: Config) -> str:
     """Train into `train.out_dir` inside an MLflow run (as `mtbert train`); return the run id."""
-    with tracking.start_run(cfg, "train") as run:
-        tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
-        logger = tracking.MlflowCallback(run.info.run_id)
-        try:
-            stages.train(cfg, resume=True, callbacks=[logger])
-        finally:
-            logger.close()
-        tracking.save_run_id(cfg.train.out_dir, run.info.run_id)  # the model dir was rewritten
-    return run.info.run_id
+    return tracking.tracked_train(cfg, resume=True)[1]
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(cfg: Config, run_id: str) -> dict[str, float]:
     """Dev metrics and plots, logged to the training run (as `mtbert evaluate`)."""
-    metrics = stages.evaluate(cfg)
-    with tracking.start_run(cfg, "evaluate", run_id=run_id):
-        tracking.log_evaluation(metrics, cfg.eval.out_dir)
-    return metrics
+    return tracking.tracked_evaluate(cfg, run_id)
 
 
 @task(name="register", retries=REGISTER_RETRIES, retry_delay_seconds=REGISTER_RETRY_DELAY_S,

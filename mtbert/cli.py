@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -44,6 +45,24 @@ def _progress_callback(quiet: bool):
     return Progress()
 
 
+@contextlib.contextmanager
+def _row_progress(quiet: bool, desc: str):
+    """Yields a `mtbert.evaluate.ProgressStart`: a rows bar (throughput, ETA) on stderr; none if quiet."""
+    from tqdm import tqdm
+
+    bars = []
+
+    def start(total: int):
+        bars.append(tqdm(total=total, desc=desc, unit="row", disable=quiet, mininterval=1.0))
+        return bars[-1].update
+
+    try:
+        yield start
+    finally:
+        for bar in bars:
+            bar.close()
+
+
 def cmd_import_data(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert import stages
 
@@ -73,41 +92,16 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert import tracking  # checks the tracking server before the slower imports and the model
 
     start = time.monotonic()
-    unsent = Path(cfg.train.out_dir).with_name("unsent_metrics.jsonl")
-    with tracking.start_run(cfg, "train") as run:
-        _replay_unsent(tracking, unsent)
-        from mtbert import stages
-
-        tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
-        logger = tracking.MlflowCallback(run.info.run_id, fallback_path=unsent)
-        try:
-            state = stages.train(cfg, resume=not args.no_resume,
-                                 callbacks=[_progress_callback(args.quiet), logger])
-            tracking.save_run_id(cfg.train.out_dir, run.info.run_id)  # the model dir was rewritten
-            logger.log_metrics({"train/wall_s": time.monotonic() - start}, state.global_step)
-        finally:  # tracking failures only warn: unsent metrics go to `unsent`, and the log says so
-            logger.close()
+    state, _ = tracking.tracked_train(cfg, resume=not args.no_resume,
+                                      callbacks=[_progress_callback(args.quiet)])
     print(f"trained {state.global_step} steps in {time.monotonic() - start:.0f} s -> {cfg.train.out_dir}/")
 
 
-def _replay_unsent(tracking, path: Path) -> None:
-    """Send metrics an earlier run could not (the server was down); keep the file on failure."""
-    if not path.exists():
-        return
-    try:
-        n = tracking.MlflowCallback.replay(path)
-        log.info("sent %d metric values buffered in %s by an earlier run", n, path)
-    except Exception as err:  # noqa: BLE001 - tracking only; training goes on
-        log.warning("could not send the metrics buffered in %s (%s); kept for the next run", path, err)
-
-
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages, tracking
+    from mtbert import tracking
 
-    metrics = stages.evaluate(cfg)
-    run_id = tracking.load_run_id(cfg.train.out_dir)
-    with tracking.start_run(cfg, "evaluate", run_id=run_id):
-        tracking.log_evaluation(metrics, cfg.eval.out_dir)
+    with _row_progress(args.quiet, "evaluate") as progress:
+        metrics = tracking.tracked_evaluate(cfg, progress=progress)
     _print_metrics(metrics)
 
 
@@ -122,8 +116,9 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 def cmd_predict(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.serving import predict_file
 
-    n = predict_file(args.model_dir or cfg.train.out_dir, args.task, args.input, args.output,
-                     batch_size=cfg.eval.batch_size)
+    with _row_progress(args.quiet, f"predict {args.task}") as progress:
+        n = predict_file(args.model_dir or cfg.train.out_dir, args.task, args.input, args.output,
+                         batch_size=cfg.eval.batch_size, progress=progress)
     print(f"wrote {n} predictions to {args.output}")
 
 
@@ -137,7 +132,7 @@ def cmd_tune(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert import stages
 
     start = time.monotonic()
-    best = stages.tune(cfg)
+    best = stages.tune(cfg, progress=not args.quiet)
     print(f"study {cfg.tune.study_name!r} done in {time.monotonic() - start:.0f} s; best parameters "
           f"-> {cfg.tune.out_file} (use: mtbert train --overrides-file {cfg.tune.out_file})")
     for key, value in sorted(best.items()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import torch
 from mtbert.batching import TokenizedTask, collate, make_batches
 from mtbert.metrics import accuracy, confusion_matrix, overall_score, pearson, spearman
 from mtbert.model.multitask import MultitaskBert
+
+# A progress hook: called after each batch with the number of rows that batch held, so the
+# calls of one run sum to its row count. Edges turn it into a progress bar; the core never prints.
+RowHook = Callable[[int], None]
+# Given the number of rows about to be predicted, returns the hook for them (e.g. a bar's update).
+ProgressStart = Callable[[int], RowHook]
 
 
 @dataclass
@@ -29,8 +36,11 @@ class TaskPredictions:
 
 @torch.inference_mode()
 def predict(model: MultitaskBert, data: TokenizedTask, batch_size: int,
-            precision: str = "fp32") -> TaskPredictions:
-    """Run the model over every row of `data` in length-sorted batches; return rows in order."""
+            precision: str = "fp32", on_batch: RowHook | None = None) -> TaskPredictions:
+    """Run the model over every row of `data` in length-sorted batches; return rows in order.
+
+    `on_batch`, if given, is called after each batch with the number of rows it held.
+    """
     model.eval()
     device = next(model.parameters()).device
     lengths = data.lengths()
@@ -44,6 +54,8 @@ def predict(model: MultitaskBert, data: TokenizedTask, batch_size: int,
         with autocast:
             out = model(data.task, batch.enc).float()
         outputs[rows] = out.reshape(len(rows), -1).cpu().numpy()
+        if on_batch is not None:
+            on_batch(len(rows))
     return _to_predictions(data.task, outputs)
 
 

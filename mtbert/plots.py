@@ -45,3 +45,30 @@ def scatter_png(pred: np.ndarray, gold: np.ndarray, pearson_r: float, spearman_r
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def learning_curve_png(steps: dict[str, np.ndarray], losses: dict[str, np.ndarray], path: str | Path,
+                       window: int = 25) -> Path:
+    """Per-task training loss against the step: raw values (faint) and a moving average.
+
+    Args:
+        steps, losses: by task, the steps that trained it and their losses (same lengths).
+        path: the PNG to write.
+        window: moving-average width in points (shrunk for short curves).
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for task, x in steps.items():
+        y = np.asarray(losses[task], dtype=float)
+        (line,) = ax.plot(x, y, linewidth=0.6, alpha=0.3)
+        w = max(1, min(window, len(y) // 5))
+        smooth = np.convolve(y, np.ones(w) / w, mode="valid")
+        ax.plot(np.asarray(x)[w - 1:], smooth, color=line.get_color(), linewidth=1.6, label=task)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss per task (faint: per step; bold: moving average)")
+    if steps:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from mtbert.batching import tokenize_frame
 from mtbert.data import read_task_file
-from mtbert.evaluate import predict, write_course_predictions
+from mtbert.evaluate import ProgressStart, RowHook, predict, write_course_predictions
 from mtbert.tasks import TASK_SPECS, TASKS
 
 MAX_ROWS = 10_000  # one request; more should be split by the client
@@ -55,26 +55,33 @@ def _validate_row(i: int, row: pd.Series) -> None:
 
 
 def predict_rows(model, tokenizer, pair_encoding: str, max_length: int, rows: pd.DataFrame,
-                 batch_size: int = 64) -> pd.DataFrame:
-    """Predict every row; returns columns task, prediction (label or score) and score."""
+                 batch_size: int = 64, on_batch: RowHook | None = None) -> pd.DataFrame:
+    """Predict every row; returns columns task, prediction (label or score) and score.
+
+    `on_batch`, if given, is called after each batch with its number of rows (they sum to len(rows)).
+    """
     rows = validate_rows(rows)
     out = pd.DataFrame({"task": rows["task"], "prediction": np.nan, "score": np.nan})
     for task, group in rows.groupby("task", sort=False):
         data = tokenize_frame(tokenizer, group, task, pair_encoding, max_length)
-        pred = predict(model, data, batch_size)
+        pred = predict(model, data, batch_size, on_batch=on_batch)
         out.loc[group.index, "prediction"] = pred.labels.astype(float)
         out.loc[group.index, "score"] = pred.scores.astype(float)
     return out
 
 
 def predict_file(model_dir: str | Path, task: str, input_path: str | Path, output_path: str | Path,
-                 batch_size: int = 64) -> int:
-    """Predict a course-format file (id, sentence[, sentence2]) and write course-format output."""
+                 batch_size: int = 64, progress: ProgressStart | None = None) -> int:
+    """Predict a course-format file (id, sentence[, sentence2]) and write course-format output.
+
+    `progress`, if given, is called with the number of rows once the file is read and returns the
+    hook `predict` calls after each batch (see `mtbert.evaluate.RowHook`).
+    """
     from mtbert.stages import load_trained
 
     model, tokenizer, cfg = load_trained(model_dir)
     frame = read_task_file(input_path, task, labeled=False, on_error="fail").frame
     data = tokenize_frame(tokenizer, frame, task, cfg.model.pair_encoding, cfg.model.max_length)
-    pred = predict(model, data, batch_size)
+    pred = predict(model, data, batch_size, on_batch=progress(len(frame)) if progress else None)
     write_course_predictions(output_path, frame["id"], pred)
     return len(frame)

@@ -21,6 +21,7 @@ from mtbert import data as data_io
 from mtbert.batching import TokenizedTask, tokenize_frame
 from mtbert.checkpoint import (
     CHECKPOINT_FILE,
+    TEACHER_KEY,
     CheckpointError,
     atomic_write_text,
     load_checkpoint,
@@ -30,7 +31,10 @@ from mtbert.checkpoint import (
     save_model,
 )
 from mtbert.config import Config, config_from_resolved, flatten, to_dict
+from mtbert.curves import CURVES_FILE, CURVES_WIDE_FILE, CurveRecorder, read_rows, wide
 from mtbert.evaluate import (
+    ProgressStart,
+    RowHook,
     predict,
     sst_confusion,
     summary_metrics,
@@ -41,9 +45,10 @@ from mtbert.model.bert import BertConfig
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.model.multitask import MultitaskBert, build_multitask, multitask_from_state
 from mtbert.optim import build_optimizer
-from mtbert.plots import confusion_png, scatter_png
+from mtbert.plots import confusion_png, learning_curve_png, scatter_png
 from mtbert.tasks import TASKS
-from mtbert.train import Callback, TrainState, fit
+from mtbert.smart import BregmanTeacher
+from mtbert.train import Callback, TrainState, fit, make_teacher
 
 log = logging.getLogger("mtbert")
 
@@ -138,13 +143,13 @@ class CheckpointCallback(Callback):
     """Writes a resumable checkpoint every `every` steps and at each epoch end (atomically)."""
 
     def __init__(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 every: int, config: dict[str, Any]) -> None:
+                 every: int, config: dict[str, Any], teacher: BregmanTeacher | None = None) -> None:
         self.path, self.model, self.optimizer = path, model, optimizer
-        self.every, self.config = every, config
+        self.every, self.config, self.teacher = every, config, teacher
 
     def save(self, state: TrainState) -> None:
         save_checkpoint(self.path, model=self.model, optimizer=self.optimizer, state=state,
-                        config=self.config)
+                        config=self.config, teacher=self.teacher.module if self.teacher else None)
 
     def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
         if self.every and state.global_step % self.every == 0:
@@ -160,9 +165,9 @@ def checkpoint_dir(cfg: Config) -> Path:
     return Path(cfg.train.out_dir).with_name(Path(cfg.train.out_dir).name + "-checkpoint")
 
 
-def _maybe_resume(cfg: Config, model: torch.nn.Module,
-                  optimizer: torch.optim.Optimizer) -> TrainState | None:
-    """Restore model, optimizer, RNG and trainer state from the checkpoint of an interrupted run.
+def _maybe_resume(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  teacher: BregmanTeacher | None = None) -> TrainState | None:
+    """Restore model, optimizer, RNG, trainer state (and SMART's teacher) from an interrupted run.
 
     A checkpoint of another config is ignored (warning; training starts fresh and overwrites it).
     One that cannot be read is refused: CheckpointError, telling how to start fresh instead.
@@ -181,6 +186,8 @@ def _maybe_resume(cfg: Config, model: torch.nn.Module,
             return None
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
+        if teacher is not None:  # a KeyError if the checkpoint lacks it: refused below
+            teacher.module.load_state_dict(payload[TEACHER_KEY])
         state = TrainState(**payload["state"])
         restore_rng(payload)
     except CheckpointError as err:
@@ -216,17 +223,49 @@ def train(cfg: Config, resume: bool = True, callbacks: list[Callback] | None = N
     model = build_multitask(cfg.model, cfg.train.init_from).to(device)
     optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
                                 lr_scale=head_lr_scale(cfg))
-    state = _maybe_resume(cfg, model, optimizer) if resume else None
+    teacher = make_teacher(model, cfg.train)  # SMART's Bregman teacher, or None
+    state = _maybe_resume(cfg, model, optimizer, teacher) if resume else None
     for stale in checkpoint_dir(cfg).glob(f".{CHECKPOINT_FILE}.*.tmp"):  # from a kill mid-write
         stale.unlink()
     ckpt = CheckpointCallback(checkpoint_dir(cfg) / CHECKPOINT_FILE, model, optimizer,
-                              cfg.train.checkpoint_every, to_dict(cfg))
-    state = fit(model, data, optimizer, cfg.train, cfg.seed, state, [ckpt, *(callbacks or [])])
+                              cfg.train.checkpoint_every, to_dict(cfg), teacher)
+    curves = _curve_recorder(cfg, state)  # before ckpt: see mtbert.curves
+    state = fit(model, data, optimizer, cfg.train, cfg.seed, state, [curves, ckpt, *(callbacks or [])],
+                teacher)
     meta = {"config": to_dict(cfg), "bert_config": dataclasses.asdict(model.encoder.config),
             "train_state": dataclasses.asdict(state)}
     save_model(cfg.train.out_dir, model, tokenizer, meta)
+    write_curves(curves, cfg.train.out_dir)
     (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
+    curves.path.unlink(missing_ok=True)
     return state
+
+
+CURVES_PNG = "curves.png"
+
+
+def _curve_recorder(cfg: Config, state: TrainState | None) -> CurveRecorder:
+    """The loss-curve recorder; on resume it continues the rows saved up to the checkpoint's step."""
+    path = checkpoint_dir(cfg) / CURVES_FILE
+    for stale in path.parent.glob(f".{CURVES_FILE}.*.tmp"):  # from a kill mid-write
+        stale.unlink()
+    rows = read_rows(path, upto=state.global_step) if state else []
+    if state and state.global_step and (not rows or rows[-1][0] < state.global_step):
+        log.warning("%s lacks steps %d..%d (written by an older version?); the learning curve "
+                    "has a gap there", path, rows[-1][0] + 1 if rows else 1, state.global_step)
+    return CurveRecorder(path, cfg.train.checkpoint_every, rows)
+
+
+def write_curves(curves: CurveRecorder, out_dir: str | Path) -> Path:
+    """Write the learning curves into the model folder: long and wide CSVs and a PNG."""
+    out = Path(out_dir)
+    frame = curves.frame()
+    curves.save(out / CURVES_FILE)
+    atomic_write_text(out / CURVES_WIDE_FILE, wide(frame).to_csv(index=False))
+    by_task = {task: frame[frame["task"] == task] for task in TASKS if (frame["task"] == task).any()}
+    learning_curve_png({t: f["step"].to_numpy() for t, f in by_task.items()},
+                       {t: f["loss"].to_numpy() for t, f in by_task.items()}, out / CURVES_PNG)
+    return out / CURVES_FILE
 
 
 def load_trained(model_dir: str | Path, device: str = "cpu") -> tuple[MultitaskBert, Any, Config]:
@@ -241,8 +280,13 @@ def load_trained(model_dir: str | Path, device: str = "cpu") -> tuple[MultitaskB
 # Evaluation
 
 
-def evaluate(cfg: Config) -> dict[str, float]:
-    """Dev metrics, prediction files (dev and test) and plots for the model in `train.out_dir`."""
+def evaluate(cfg: Config, progress: ProgressStart | None = None) -> dict[str, float]:
+    """Dev metrics, prediction files (dev and test) and plots for the model in `train.out_dir`.
+
+    `progress`, if given, is called once with the number of rows to predict and returns the hook
+    called after each batch (see `mtbert.evaluate.RowHook`).
+    """
+    hook = progress(eval_row_count(cfg)) if progress else None
     device = resolve_device(cfg.train.device)
     model, tokenizer, trained_cfg = load_trained(cfg.train.out_dir, str(device))
     out = Path(cfg.eval.out_dir)
@@ -252,16 +296,29 @@ def evaluate(cfg: Config) -> dict[str, float]:
         frame = dev_frame(cfg, task)
         data = tokenize_frame(tokenizer, frame, task, trained_cfg.model.pair_encoding,
                               trained_cfg.model.max_length)
-        pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision)
+        pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision, on_batch=hook)
         write_course_predictions(out / "predictions" / f"{task}-dev-output.csv", frame["id"], pred)
         gold = frame["label"].to_numpy()
         per_task[task] = task_metrics(pred, gold)
         _task_plots(task, pred, gold, per_task[task], out)
         if cfg.eval.predict_test:
-            _predict_test(cfg, trained_cfg, model, tokenizer, task, out)
+            _predict_test(cfg, trained_cfg, model, tokenizer, task, out, hook)
     metrics = summary_metrics(per_task)
     atomic_write_text(out / cfg.eval.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
+
+
+def eval_row_count(cfg: Config) -> int:
+    """How many rows `evaluate` predicts: the dev rows it scores plus, if asked, the test rows."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for task in TASKS:
+        total += len(dev_frame(cfg, task))
+        test = prepared_path(cfg, task, "test")
+        if cfg.eval.predict_test and test.exists():
+            total += pq.read_metadata(test).num_rows
+    return total
 
 
 def _task_plots(task: str, pred: Any, gold: np.ndarray, metrics: dict[str, float], out: Path) -> None:
@@ -274,14 +331,14 @@ def _task_plots(task: str, pred: Any, gold: np.ndarray, metrics: dict[str, float
 
 
 def _predict_test(cfg: Config, trained_cfg: Config, model: MultitaskBert, tokenizer: Any, task: str,
-                  out: Path) -> None:
+                  out: Path, hook: RowHook | None = None) -> None:
     path = prepared_path(cfg, task, "test")
     if not path.exists():
         return
     frame = pd.read_parquet(path)
     data = tokenize_frame(tokenizer, frame, task, trained_cfg.model.pair_encoding,
                           trained_cfg.model.max_length)
-    pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision)
+    pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision, on_batch=hook)
     write_course_predictions(out / "predictions" / f"{task}-test-output.csv", frame["id"], pred)
 
 
@@ -289,15 +346,17 @@ def _predict_test(cfg: Config, trained_cfg: Config, model: MultitaskBert, tokeni
 # Hyperparameter search
 
 
-def tune(cfg: Config, n_trials: int | None = None) -> dict[str, Any]:
+def tune(cfg: Config, n_trials: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) the Optuna study; return the best parameters as dotted overrides.
+
+    With `progress`, a bar over the trials (best value so far) goes to stderr.
 
     The best parameters are also written to `tune.out_file`. Raises RuntimeError when no trial of
     the study has completed (every trial failed or was pruned).
     """
     from mtbert import tuning  # Optuna and MLflow are only needed here
 
-    study = tuning.run_study(cfg, n_trials)
+    study = tuning.run_study(cfg, n_trials, progress=progress)
     if not tuning.completed(study):
         raise RuntimeError(f"study {cfg.tune.study_name!r}: no trial completed; see the log above")
     return tuning.best_overrides(study)

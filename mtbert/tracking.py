@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -243,3 +245,75 @@ def log_evaluation(metrics: dict[str, float], eval_dir: str | Path) -> None:
     mlflow.log_metrics(metrics)
     mlflow.log_artifacts(str(eval_dir), artifact_path="eval")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The tracked stages: what `mtbert train` / `mtbert evaluate` and the Prefect flow both run
+
+UNSENT_FILE = "unsent_metrics.jsonl"
+
+
+def tracked_train(cfg: Config, resume: bool = True,
+                  callbacks: Sequence[Callback] = ()) -> tuple[TrainState, str]:
+    """`stages.train` inside the MLflow run "train"; returns the final state and the run id.
+
+    Metrics an earlier run could not send are replayed first; if the server goes away mid-run,
+    training goes on and its metrics are written next to the model (`unsent_metrics.jsonl`) for
+    the next run to send. The learning curves and the wall time are logged at the end.
+    """
+    start = time.monotonic()
+    unsent = Path(cfg.train.out_dir).with_name(UNSENT_FILE)
+    with start_run(cfg, "train") as run:
+        _replay_unsent(unsent)
+        from mtbert import stages  # after the server check: the model imports are slow
+
+        save_run_id(cfg.train.out_dir, run.info.run_id)
+        logger = MlflowCallback(run.info.run_id, fallback_path=unsent)
+        try:
+            state = stages.train(cfg, resume=resume, callbacks=[*callbacks, logger])
+            save_run_id(cfg.train.out_dir, run.info.run_id)  # the model dir was rewritten
+            _log_curves(Path(cfg.train.out_dir), server_down=logger.failed_once)
+            logger.log_metrics({"train/wall_s": time.monotonic() - start}, state.global_step)
+        finally:  # tracking failures only warn: unsent metrics go to `unsent`, and the log says so
+            logger.close()
+    return state, run.info.run_id
+
+
+def tracked_evaluate(cfg: Config, run_id: str | None = None, progress: Any = None) -> dict[str, float]:
+    """`stages.evaluate`, its metrics and outputs logged to the model's training run (`run_id`,
+    default: the run recorded in `train.out_dir`)."""
+    from mtbert import stages
+
+    metrics = stages.evaluate(cfg, progress=progress)
+    with start_run(cfg, "evaluate", run_id=run_id or load_run_id(cfg.train.out_dir)):
+        log_evaluation(metrics, cfg.eval.out_dir)
+    return metrics
+
+
+def _replay_unsent(path: Path) -> None:
+    """Send metrics an earlier run could not (the server was down); keep the file on failure."""
+    if not path.exists():
+        return
+    try:
+        n = MlflowCallback.replay(path)
+        log.info("sent %d metric values buffered in %s by an earlier run", n, path)
+    except Exception as err:  # noqa: BLE001 - tracking only; training goes on
+        log.warning("could not send the metrics buffered in %s (%s); kept for the next run", path, err)
+
+
+def _log_curves(model_dir: Path, server_down: bool = False) -> None:
+    """The learning curves `stages.train` wrote (CSV, PNG) as artifacts of the run; failures warn.
+
+    Skipped when the server was last seen down (an upload would wait on it for minutes)."""
+    from mtbert.curves import CURVES_FILE
+    from mtbert.stages import CURVES_PNG
+
+    if server_down:
+        log.warning("MLflow unreachable: the learning curves are not logged; they are in %s", model_dir)
+        return
+    try:
+        with bounded_http():
+            for name in (CURVES_FILE, CURVES_PNG):
+                mlflow.log_artifact(str(model_dir / name), artifact_path="curves")
+    except Exception as err:  # noqa: BLE001 - tracking only; the model is already saved
+        log.warning("could not log the learning curves to MLflow (%s); they are in %s", err, model_dir)

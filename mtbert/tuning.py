@@ -30,6 +30,7 @@ from typing import Any
 
 import mlflow
 import optuna
+import pandas as pd
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -97,7 +98,7 @@ class DevReporter(Callback):
     """Reports a dev score on a small dev subset to the trial and prunes when the pruner says so.
 
     Training callbacks do not see the model, so this scores the checkpoint that the trainer's
-    CheckpointCallback (always first in the callback list) wrote at the same step; the step
+    CheckpointCallback (always ahead of the caller's callbacks) wrote at the same step; the step
     recorded in that checkpoint is checked, so a stale checkpoint fails loudly.
     """
 
@@ -246,7 +247,8 @@ def open_study(cfg: Config, storage: str | None = None) -> optuna.Study:
     )
 
 
-def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = None) -> optuna.Study:
+def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = None,
+              progress: bool = False) -> optuna.Study:
     """Run trials until the study holds `n_trials` finished (complete or pruned) trials.
 
     Args:
@@ -257,23 +259,50 @@ def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = No
             (each may finish the trial it is running, so the total can exceed the target by up
             to workers - 1).
         storage: an SQLAlchemy URL overriding `tune.storage`.
+        progress: show a bar over this worker's trials (with the best value so far) on stderr.
 
     Returns:
-        The study. The best parameters are written to `tune.out_file` when a trial completed.
+        The study. The best parameters are written to `tune.out_file` when a trial completed, and
+        the trial history to `history.csv` beside it (see `history_frame`).
     """
     target = cfg.tune.n_trials if n_trials is None else n_trials
     study = open_study(cfg, storage)
     remaining = target - len(study.get_trials(deepcopy=False, states=FINISHED))
     if remaining > 0:
         parent = _parent_run_id(cfg, study)
+        bar = TrialProgress(remaining, enabled=progress)
         with tracking.start_run(cfg, "tune", run_id=parent):
-            study.optimize(make_objective(cfg), n_trials=remaining, timeout=cfg.tune.timeout_s or None,
-                           catch=(Exception,),
-                           callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED)])
+            try:
+                study.optimize(make_objective(cfg), n_trials=remaining, catch=(Exception,),
+                               timeout=cfg.tune.timeout_s or None,
+                               callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED), bar])
+            finally:
+                bar.close()
             log_study(study)
+    if study.get_trials(deepcopy=False):
+        atomic_write_text(history_path(cfg), history_frame(study).to_csv(index=False))
     if completed(study):
         write_best_params(study, cfg.tune.out_file)
     return study
+
+
+class TrialProgress:
+    """An Optuna callback: a bar over the trials this worker runs, with the study's best value."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="tune", unit="trial", disable=not enabled)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        postfix = {"last": trial.state.name.lower()}
+        if completed(study):
+            postfix["best"] = f"{study.best_value:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -298,6 +327,27 @@ def _parent_run_id(cfg: Config, study: optuna.Study) -> str:
 # Results
 
 
+HISTORY_FILE = "history.csv"
+
+
+def history_path(cfg: Config) -> Path:
+    """The trial history CSV, beside `tune.out_file`."""
+    return Path(cfg.tune.out_file).parent / HISTORY_FILE
+
+
+def history_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, value (complete trials only) and the best value so far."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    frame = pd.DataFrame({
+        "trial": [t.number for t in trials],
+        "state": [t.state.name.lower() for t in trials],
+        "value": [t.value if t.state == TrialState.COMPLETE else None for t in trials],
+    })
+    frame["value"] = frame["value"].astype(float)
+    frame["best"] = frame["value"].cummax().ffill()  # NaN until the first trial completes
+    return frame
+
+
 def best_overrides(study: optuna.Study) -> dict[str, Any]:
     """The best trial's parameters as dotted config overrides."""
     return dict(study.best_trial.params)
@@ -320,6 +370,8 @@ def log_study(study: optuna.Study) -> None:
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
     mlflow.log_metrics({f"tune/trials_{s.name.lower()}": float(states.count(s)) for s in TrialState})
+    if states:
+        mlflow.log_text(history_frame(study).to_csv(index=False), f"tune/{HISTORY_FILE}")
     done = completed(study)
     if not done:
         return

@@ -201,6 +201,16 @@ def test_quiet_mode_hides_the_progress_bar(runs: Runs) -> None:
     assert "INFO" not in quiet.stderr
 
 
+def test_learning_curve_of_the_resumed_run_equals_the_uninterrupted_one(runs: Runs) -> None:
+    # A's rows up to the checkpoint come from the curve file saved with it; none lost or repeated.
+    resumed = (runs.a / "artifacts/model/curves.csv").read_text()
+    fresh = (runs.b / "artifacts/model/curves.csv").read_text()
+    steps = [int(line.split(",")[0]) for line in resumed.splitlines()[1:]]
+    assert steps == list(range(1, TOTAL_STEPS + 1))  # annealed: one task per step
+    assert resumed == fresh
+    assert not (runs.a / CHECKPOINT.with_name("curves.csv")).exists()
+
+
 def test_train_refuses_a_crafted_checkpoint_and_says_how_to_start_fresh(prepared_project: Path,
                                                                         tmp_path: Path) -> None:
     """A checkpoint whose unpickling would run a command: refused, command not run, clear advice."""

@@ -78,6 +78,9 @@ def test_study_survives_a_failing_trial_and_writes_best_params(project: Path, ml
     assert resolved["train"]["lr"] == pytest.approx(best["train.lr"])
     assert resolved["train"]["loss_scale"]["sts"] == pytest.approx(best["train.loss_scale.sts"])
     assert resolved["model"]["head_dropout"] == pytest.approx(best["model.head_dropout"])
+    history = tuning.history_path(cfg).read_text().splitlines()  # trial,state,value,best
+    assert [line.split(",")[1] for line in history[1:]] == ["fail", "complete", "complete"]
+    assert float(history[-1].split(",")[3]) == pytest.approx(study.best_value)
     _check_mlflow(study, mlflow_server)
 
 
@@ -86,7 +89,7 @@ def _check_mlflow(study: optuna.Study, uri: str) -> None:
     parent_id = study.user_attrs[tuning.PARENT_RUN_ATTR]
     parent = client.get_run(parent_id)
     artifacts = {a.path for a in client.list_artifacts(parent_id, "tune")}
-    assert {"tune/optimization_history.png", "tune/param_importances.png"} <= artifacts
+    assert {"tune/optimization_history.png", "tune/param_importances.png", "tune/history.csv"} <= artifacts
     assert parent.data.metrics["tune/best_dev_overall"] == pytest.approx(study.best_value)
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
