@@ -3,10 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# WordNet for synonym augmentation (Debian's wordnet-base); skipped where it is already there.
-if [[ ! -d /usr/share/wordnet ]] && command -v apt-get >/dev/null; then
+# Debian packages, each skipped where it is already there: WordNet for synonym augmentation
+# (wordnet-base); Chromium and its driver for the browser test of the MLflow UI.
+APT_PKGS=()
+[[ -d /usr/share/wordnet ]] || APT_PKGS+=(wordnet-base)
+[[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || APT_PKGS+=(chromium chromium-driver)
+if (( ${#APT_PKGS[@]} )) && command -v apt-get >/dev/null; then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wordnet-base >/dev/null
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${APT_PKGS[@]}" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
