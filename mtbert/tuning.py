@@ -278,7 +278,7 @@ def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = No
                                callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED), bar])
             finally:
                 bar.close()
-            log_study(study)
+            log_study(study, history_path(cfg).parent)
     if study.get_trials(deepcopy=False):
         atomic_write_text(history_path(cfg), history_frame(study).to_csv(index=False))
     if completed(study):
@@ -361,8 +361,14 @@ def write_best_params(study: optuna.Study, path: str | Path) -> Path:
     return atomic_write_text(path, header + yaml.safe_dump(best_overrides(study), sort_keys=True))
 
 
-def log_study(study: optuna.Study) -> None:
-    """Log trial counts, the best value and params, and the study plots to the active MLflow run."""
+HISTORY_PNG, IMPORTANCES_PNG = "optimization_history.png", "param_importances.png"
+
+
+def log_study(study: optuna.Study, out_dir: Path | None = None) -> None:
+    """Log trial counts, the best value and params, and the study plots to the active MLflow run.
+
+    With `out_dir`, the plots are also written there (the files dvc.yaml declares as plots).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # headless
@@ -382,14 +388,23 @@ def log_study(study: optuna.Study) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ax = optuna_plots.plot_optimization_history(study)
-            mlflow.log_figure(ax.figure, "tune/optimization_history.png")
+            _save_figure(optuna_plots.plot_optimization_history(study).figure, HISTORY_PNG, out_dir)
             if len(done) >= 2:
                 # PED-ANOVA needs no scikit-learn (the default fANOVA evaluator does).
                 evaluator = optuna.importance.PedAnovaImportanceEvaluator()
                 ax = optuna_plots.plot_param_importances(study, evaluator=evaluator)
-                mlflow.log_figure(ax.figure, "tune/param_importances.png")
+                _save_figure(ax.figure, IMPORTANCES_PNG, out_dir)
     except (ValueError, RuntimeError) as err:  # e.g. trials without parameters: report, go on
         log.warning("could not plot study %s: %s", study.study_name, err)
     finally:
         plt.close("all")
+
+
+def _save_figure(figure: Any, name: str, out_dir: Path | None) -> None:
+    """Log a study plot to the active MLflow run under tune/ and, with `out_dir`, write it there."""
+    mlflow.log_figure(figure, f"tune/{name}")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{name}.tmp.png"
+        figure.savefig(tmp)
+        tmp.replace(out_dir / name)  # atomic: a half-written plot is never left under its name

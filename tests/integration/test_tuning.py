@@ -81,6 +81,8 @@ def test_study_survives_a_failing_trial_and_writes_best_params(project: Path, ml
     history = tuning.history_path(cfg).read_text().splitlines()  # trial,state,value,best
     assert [line.split(",")[1] for line in history[1:]] == ["fail", "complete", "complete"]
     assert float(history[-1].split(",")[3]) == pytest.approx(study.best_value)
+    for name in (tuning.HISTORY_PNG, tuning.IMPORTANCES_PNG):  # declared in dvc.yaml as plots
+        assert (tuning.history_path(cfg).parent / name).read_bytes()[:4] == b"\x89PNG"
     _check_mlflow(study, mlflow_server)
 
 
