@@ -191,7 +191,7 @@ def _git(root: Path, *args: str) -> str:
     return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _version_the_project(root: Path, model_name: str, experiment: str) -> tuple[str, str]:
+def version_the_project(root: Path, model_name: str, experiment: str) -> tuple[str, str]:
     """Name the registered model, `dvc add` the data and commit: (git commit, data md5)."""
     params = root / "params.yaml"
     text = re.sub(r"(?m)^  model_name: .*$", f"  model_name: {model_name}", params.read_text())
@@ -219,20 +219,29 @@ def tracked_project(tmp_path_factory: pytest.TempPathFactory, trained_project: P
     files; its id is saved in the model directory. The weights and metrics are the real ones;
     only the run record is re-created (training again here would cost a minute or more).
     """
-    from mtbert import tracking
-    from mtbert.config import load_config
-
     start = time.monotonic()
     root = tmp_path_factory.mktemp("tracked") / "project"
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
     model_name, experiment = f"mtbert-it-{root.parent.name}", "mtbert-integration"
-    commit, md5 = _version_the_project(root, model_name, experiment)
+    commit, md5 = version_the_project(root, model_name, experiment)
+    run_id, metrics = track_training_run(root, mlflow_server)
+    print(f"tracked_project ready in {time.monotonic() - start:.1f} s")
+    return TrackedProject(root, mlflow_server, model_name, experiment, run_id, metrics, commit, md5)
+
+
+def track_training_run(root: Path, tracking_uri: str) -> tuple[str, dict[str, float]]:
+    """Record a trained project's run on a server as `mtbert train` + `evaluate` do.
+
+    A run with the resolved params, git commit and data md5 tags, the real dev metrics and eval
+    files; its id is saved in the model directory. Returns the run id and the metrics.
+    """
+    from mtbert import tracking
+    from mtbert.config import load_config
+
     cfg = load_config(root / "params.yaml")
     metrics = json.loads((root / cfg.eval.out_dir / cfg.eval.metrics_file).read_text())
-    with mlflow_in_process(mlflow_server, cwd=root):
+    with mlflow_in_process(tracking_uri, cwd=root):
         with tracking.start_run(cfg, "train") as run:
             tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
             tracking.log_evaluation(metrics, cfg.eval.out_dir)
-    print(f"tracked_project ready in {time.monotonic() - start:.1f} s")
-    return TrackedProject(root, mlflow_server, model_name, experiment, run.info.run_id, metrics,
-                          commit, md5)
+    return run.info.run_id, metrics

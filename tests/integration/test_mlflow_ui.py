@@ -14,7 +14,6 @@ them; CI runs it, so CI runs this test).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,8 +24,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.integration import browser
-from tests.integration.conftest import (_version_the_project, mlflow_env, mlflow_in_process,
-                                        run_mtbert)
+from tests.integration.conftest import (mlflow_env, run_mtbert, track_training_run,
+                                        version_the_project)
 
 pytestmark = [
     pytest.mark.integration,
@@ -49,28 +48,14 @@ class Registered:
     aliases: dict[str, str]  # alias -> version
 
 
-def _track_training_run(root: Path, tracking_uri: str) -> str:
-    """Record the trained model's run on the server as `mtbert train` + `evaluate` do; its id."""
-    from mtbert import tracking
-    from mtbert.config import load_config
-
-    cfg = load_config(root / "params.yaml")
-    metrics = json.loads((root / cfg.eval.out_dir / cfg.eval.metrics_file).read_text())
-    with mlflow_in_process(tracking_uri, cwd=root):
-        with tracking.start_run(cfg, "train") as run:
-            tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
-            tracking.log_evaluation(metrics, cfg.eval.out_dir)
-    return run.info.run_id
-
-
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory, trained_project: Path,
                mlflow_server: str) -> Registered:
     """The tiny project's run on the server and its model registered by `mtbert register`."""
     root = tmp_path_factory.mktemp("ui") / "project"
     shutil.copytree(trained_project, root, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
-    _version_the_project(root, MODEL, EXPERIMENT)
-    run_id = _track_training_run(root, mlflow_server)
+    version_the_project(root, MODEL, EXPERIMENT)
+    run_id, _ = track_training_run(root, mlflow_server)
     proc = run_mtbert(["-q", "register"], root, mlflow_env(mlflow_server))
     assert "version 1 -> @champion" in proc.stdout, proc.stdout
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
