@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_project
+
 MLFLOW_STARTUP_TIMEOUT_S = 120.0  # 7-10 s idle; over 30 s seen while other jobs load the CPU
 
 
@@ -245,3 +247,13 @@ def track_training_run(root: Path, tracking_uri: str) -> tuple[str, dict[str, fl
             tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
             tracking.log_evaluation(metrics, cfg.eval.out_dir)
     return run.info.run_id, metrics
+
+
+@pytest.fixture
+def project(tmp_path: Path, prepared_project: Path, mlflow_server: str,
+            monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the prepared tiny project as working directory, tracking into the MLflow server."""
+    root = copy_project(prepared_project, tmp_path / "project")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return root

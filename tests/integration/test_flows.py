@@ -31,7 +31,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, te
 from flows import pipeline
 from flows.deploy import DEPLOYMENT_NAME
 from mtbert.config import load_config
-from tests.conftest import REPO_ROOT, copy_project
+from tests.conftest import REPO_ROOT
 from tests.integration.conftest import free_port, start_process_group, stop_process_group, wait_http
 
 pytestmark = pytest.mark.integration
@@ -61,15 +61,6 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield api
     finally:
         stop_process_group(proc)
-
-
-@pytest.fixture
-def project(tmp_path: Path, prepared_project: Path, mlflow_server: str,
-            monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = copy_project(prepared_project, tmp_path / "project")
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    return root
 
 
 def _client() -> SyncPrefectClient:

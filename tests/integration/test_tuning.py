@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from mtbert import tuning
 from mtbert.config import Config, load_config
-from tests.conftest import copy_project, run_cli
+from tests.conftest import run_cli
 from tests.integration.conftest import mlflow_env, start_process_group, stop_process_group
 
 pytestmark = pytest.mark.integration
@@ -42,16 +42,6 @@ def _config(root: Path, *extra: str) -> Config:
 
 def _storage(root: Path) -> str:
     return f"sqlite:///{root / 'optuna.db'}"
-
-
-@pytest.fixture
-def project(tmp_path: Path, prepared_project: Path, mlflow_server: str,
-            monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the prepared tiny project as working directory, tracking into the MLflow server."""
-    root = copy_project(prepared_project, tmp_path / "project")
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    return root
 
 
 def _states(study: optuna.Study) -> list[TrialState]:
