@@ -286,14 +286,14 @@ def evaluate(cfg: Config, progress: ProgressStart | None = None) -> dict[str, fl
     `progress`, if given, is called once with the number of rows to predict and returns the hook
     called after each batch (see `mtbert.evaluate.RowHook`).
     """
-    hook = progress(eval_row_count(cfg)) if progress else None
+    frames = {task: dev_frame(cfg, task) for task in TASKS}  # read once: counted, then scored
+    hook = progress(eval_row_count(cfg, frames)) if progress else None
     device = resolve_device(cfg.train.device)
     model, tokenizer, trained_cfg = load_trained(cfg.train.out_dir, str(device))
     out = Path(cfg.eval.out_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     per_task: dict[str, dict[str, float]] = {}
-    for task in TASKS:
-        frame = dev_frame(cfg, task)
+    for task, frame in frames.items():
         data = tokenize_frame(tokenizer, frame, task, trained_cfg.model.pair_encoding,
                               trained_cfg.model.max_length)
         pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision, on_batch=hook)
@@ -308,13 +308,14 @@ def evaluate(cfg: Config, progress: ProgressStart | None = None) -> dict[str, fl
     return metrics
 
 
-def eval_row_count(cfg: Config) -> int:
-    """How many rows `evaluate` predicts: the dev rows it scores plus, if asked, the test rows."""
+def eval_row_count(cfg: Config, dev_frames: dict[str, pd.DataFrame]) -> int:
+    """How many rows `evaluate` predicts: the dev rows it scores plus, if asked, the test rows
+    (counted from the test files' metadata, without reading them)."""
     import pyarrow.parquet as pq
 
     total = 0
     for task in TASKS:
-        total += len(dev_frame(cfg, task))
+        total += len(dev_frames[task])
         test = prepared_path(cfg, task, "test")
         if cfg.eval.predict_test and test.exists():
             total += pq.read_metadata(test).num_rows
