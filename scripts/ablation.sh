@@ -3,29 +3,49 @@
 #   bash scripts/ablation.sh PROJECT_DIR [set/config ...]
 # PROJECT_DIR is a folder prepared with `mtbert import-data --source DATA && mtbert prepare`
 # (outside the repository: it fills with models and an MLflow store). Each configuration runs as
-# its own `mtbert ablate --only` call under a lock file, so other heavy jobs can take turns;
-# finished configurations are skipped, so the script can simply be run again after a stop.
+# its own `mtbert ablate --only` call on its set's profile with 1 torch thread; finished
+# configurations are skipped, so the script can simply be run again after a stop.
+#   JOBS=2 (default 1) runs that many configurations side by side (one thread each). Point
+#   MLFLOW_TRACKING_URI at a tracking server then: concurrent writers lock a SQLite file.
+#   With JOBS=1 each configuration waits for the lock file MTBERT_LOCK, so other heavy jobs can
+#   take turns. When all have run, the tables are rewritten once from every finished configuration.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PROJECT=${1:?usage: scripts/ablation.sh PROJECT_DIR [set/config ...]}
 shift
-export PATH="$REPO/.venv/bin:$PATH"
+export PATH="$REPO/.venv/bin:$PATH" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
 export MLFLOW_DISABLE_TELEMETRY=true TOKENIZERS_PARALLELISM=false
-LOCK=${MTBERT_LOCK:-/tmp/mtbert-heavy.lock}
-FILE=$REPO/ablations.yaml
+export REPO FILE=$REPO/ablations.yaml LOCK=${MTBERT_LOCK:-/tmp/mtbert-heavy.lock}
+JOBS=${JOBS:-1}
+SETS=(main samplers)
 todo=("$@")
 if [ ${#todo[@]} -eq 0 ]; then
   mapfile -t todo < <(python -c "
 from mtbert.ablation import load_sets
-for name in ('main', 'samplers'):
-    for v in load_sets('$FILE')[name].variants:
+sets = load_sets('$FILE')
+for name in '${SETS[*]}'.split():
+    for v in sets[name].variants:
         print(f'{name}/{v.name}')")
 fi
+profile_of() {
+  python -c "from mtbert.ablation import load_sets; print(load_sets('$FILE')['$1'].profile)"
+}
+run_one() {  # set/config
+  local set=${1%%/*} config=${1#*/} lock=()
+  [ "$JOBS" -eq 1 ] && lock=(flock "$LOCK")
+  echo "$(date +%T) start $1"
+  "${lock[@]}" mtbert -q --params "$REPO/params.yaml" ablate --set "$set" --only "$config" \
+      --file "$FILE" --out "$REPO/docs/ablation" "profile=$(profile_of "$set")" train.threads=1 \
+      > /dev/null || echo "FAILED: $1"
+  echo "$(date +%T) end $1"
+}
+export -f run_one profile_of
+export JOBS
 cd "$PROJECT"
-for item in "${todo[@]}"; do
-  echo "$(date +%T) $item"
-  flock "$LOCK" mtbert -q --params "$REPO/params.yaml" ablate --set "${item%%/*}" --only "${item#*/}" \
-      --file "$FILE" --out "$REPO/docs/ablation" profile=ablation > /dev/null || echo "FAILED: $item"
+printf '%s\n' "${todo[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_one "$1"' _ {}
+for set in "${SETS[@]}"; do  # rewrites the tables from every finished configuration (re-runs any that failed)
+  mtbert -q --params "$REPO/params.yaml" ablate --set "$set" --file "$FILE" --out "$REPO/docs/ablation" \
+      "profile=$(profile_of "$set")" train.threads=1 > /dev/null || echo "FAILED: tables of $set"
 done
 echo "$(date +%T) done"
