@@ -5,6 +5,7 @@
 # (outside the repository: it fills with models and an MLflow store). Each configuration runs as
 # its own `mtbert ablate --only` call on its set's profile with 1 torch thread; finished
 # configurations are skipped, so the script can simply be run again after a stop.
+#   SETS (default "main samplers") names the sets to run, OUT (default REPO/docs/ablation) the tables.
 #   JOBS=2 (default 1) runs that many configurations side by side (one thread each). Point
 #   MLFLOW_TRACKING_URI at a tracking server then: concurrent writers lock a SQLite file.
 #   With JOBS=1 each configuration waits for the lock file MTBERT_LOCK, so other heavy jobs can
@@ -17,8 +18,9 @@ export PATH="$REPO/.venv/bin:$PATH" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
 export MLFLOW_DISABLE_TELEMETRY=true TOKENIZERS_PARALLELISM=false
 export REPO FILE=$REPO/ablations.yaml LOCK=${MTBERT_LOCK:-/tmp/mtbert-heavy.lock}
-JOBS=${JOBS:-1}
-SETS=(main samplers)
+export OUT=${OUT:-$REPO/docs/ablation} JOBS=${JOBS:-1}
+read -r -a SETS <<< "${SETS:-main samplers}"
+
 todo=("$@")
 if [ ${#todo[@]} -eq 0 ]; then
   mapfile -t todo < <(python -c "
@@ -36,16 +38,15 @@ run_one() {  # set/config
   [ "$JOBS" -eq 1 ] && lock=(flock "$LOCK")
   echo "$(date +%T) start $1"
   "${lock[@]}" mtbert -q --params "$REPO/params.yaml" ablate --set "$set" --only "$config" \
-      --file "$FILE" --out "$REPO/docs/ablation" "profile=$(profile_of "$set")" train.threads=1 \
+      --file "$FILE" --out "$OUT" "profile=$(profile_of "$set")" train.threads=1 \
       > /dev/null || echo "FAILED: $1"
   echo "$(date +%T) end $1"
 }
 export -f run_one profile_of
-export JOBS
 cd "$PROJECT"
 printf '%s\n' "${todo[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_one "$1"' _ {}
 for set in "${SETS[@]}"; do  # rewrites the tables from every finished configuration (re-runs any that failed)
-  mtbert -q --params "$REPO/params.yaml" ablate --set "$set" --file "$FILE" --out "$REPO/docs/ablation" \
+  mtbert -q --params "$REPO/params.yaml" ablate --set "$set" --file "$FILE" --out "$OUT" \
       "profile=$(profile_of "$set")" train.threads=1 > /dev/null || echo "FAILED: tables of $set"
 done
 echo "$(date +%T) done"
