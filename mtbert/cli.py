@@ -192,7 +192,7 @@ def cmd_pretrain_mlm(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_ablate(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert import ablation
 
-    only = args.only.split(",") if args.only else None
+    only = [] if args.tables_only else args.only.split(",") if args.only else None
     try:
         rows = ablation.run_from_file(cfg, args.file, args.set, root=args.root, out=args.out,
                                       keep_models=args.keep_models, only=only)
@@ -245,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="artifacts/ablation", help="runs go to ROOT/SET/CONFIG/")
     p.add_argument("--out", default="docs/ablation", help="writes OUT.md (table) and OUT.csv")
     p.add_argument("--keep-models", action="store_true", help="keep each configuration's weights")
-    p.add_argument("--only", help="comma-separated configurations to run (default: all unfinished)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--only", help="comma-separated configurations to run (default: all unfinished)")
+    what.add_argument("--tables-only", action="store_true",
+                      help="run nothing: rewrite the tables from the finished configurations")
     sub.add_parser("register", help="register the trained model; promote it to champion if better")
     sub.add_parser("compare", help="table of registered versions: aliases, dev metrics, provenance")
     p = sub.add_parser("serve", help="serve the champion with `mlflow models serve` on 127.0.0.1")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the ablation sets of ablations.yaml one configuration at a time (what made docs/ablation.md).
+# Run the ablation sets of ablations.yaml, one `mtbert ablate` call per configuration (what made docs/ablation.md).
 #   bash scripts/ablation.sh PROJECT_DIR [set/config ...]
 # PROJECT_DIR is a folder prepared with `mtbert import-data --source DATA && mtbert prepare`
 # (outside the repository: it fills with models and an MLflow store). Each configuration runs as
@@ -9,7 +9,8 @@
 #   JOBS=2 (default 1) runs that many configurations side by side (one thread each). Point
 #   MLFLOW_TRACKING_URI at a tracking server then: concurrent writers lock a SQLite file.
 #   With JOBS=1 each configuration waits for the lock file MTBERT_LOCK, so other heavy jobs can
-#   take turns. When all have run, the tables are rewritten once from every finished configuration.
+#   take turns. When all have run, the tables are rewritten once from every finished configuration
+#   (`--tables-only`: a configuration that FAILED is not retried; run the script again for it).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PROJECT=${1:?usage: scripts/ablation.sh PROJECT_DIR [set/config ...]}
@@ -45,8 +46,8 @@ run_one() {  # set/config
 export -f run_one profile_of
 cd "$PROJECT"
 printf '%s\n' "${todo[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_one "$1"' _ {}
-for set in "${SETS[@]}"; do  # rewrites the tables from every finished configuration (re-runs any that failed)
-  mtbert -q --params "$REPO/params.yaml" ablate --set "$set" --file "$FILE" --out "$OUT" \
+for set in "${SETS[@]}"; do
+  mtbert -q --params "$REPO/params.yaml" ablate --set "$set" --tables-only --file "$FILE" --out "$OUT" \
       "profile=$(profile_of "$set")" train.threads=1 > /dev/null || echo "FAILED: tables of $set"
 done
 echo "$(date +%T) done"

@@ -97,8 +97,10 @@ def test_ablate_runs_a_two_configuration_set_and_resumes(prepared_project: Path,
     args = ["-q", "ablate", "--set", "smoke", "--file", str(REPO_ROOT / "ablations.yaml"),
             "--out", "docs/ablation", "profile=tiny", "train.threads=1"]
     run_cli([*args, "--only", "cls_pooling"], project)  # just one configuration first
+    run_cli([*args, "--tables-only"], project)  # trains nothing: baseline is still not run
     with (project / "docs/ablation.csv").open() as fh:
         assert [r["config"] for r in csv.DictReader(fh)] == ["cls_pooling"]
+    assert not (project / "artifacts/ablation/smoke/baseline").exists()
     run_cli(args, project)  # the rest; the table lists both in the set's order
     md = (project / "docs/ablation.md").read_text()
     with (project / "docs/ablation.csv").open() as fh:

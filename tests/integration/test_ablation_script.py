@@ -13,22 +13,36 @@ from mtbert.tracking import load_run_id
 from tests.conftest import REPO_ROOT
 
 
+def _run_script(project: Path, out: Path, *configs: str) -> str:
+    env = {**os.environ, "SETS": "smoke", "JOBS": "2", "OUT": str(out)}  # MLFLOW_TRACKING_URI: the server
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts/ablation.sh"), str(project), *configs],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FAILED" not in proc.stdout, proc.stdout
+    return proc.stdout
+
+
+def _configs(out: Path) -> list[str]:
+    with out.with_suffix(".csv").open() as fh:
+        return [r["config"] for r in csv.DictReader(fh)]
+
+
 def test_two_lanes_run_the_set_side_by_side_and_write_one_table(project: Path, tmp_path: Path) -> None:
     out = tmp_path / "tables" / "ablation"
     out.parent.mkdir()
-    env = {**os.environ, "SETS": "smoke", "JOBS": "2", "OUT": str(out)}  # MLFLOW_TRACKING_URI: the server
-    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts/ablation.sh"), str(project)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "FAILED" not in proc.stdout, proc.stdout
-    events = [line.split()[1:] for line in proc.stdout.splitlines() if line.split()[1:2] in (["start"], ["end"])]
-    # Both configurations were started before either ended: the lanes ran side by side.
-    assert [e[0] for e in events[:2]] == ["start", "start"], proc.stdout
+    # Named configurations only: the closing table pass runs nothing else.
+    _run_script(project, out, "smoke/cls_pooling")
+    assert _configs(out) == ["cls_pooling"]
+    assert not (project / "artifacts/ablation/smoke/baseline").exists()
+    # All of the set: two lanes, each configuration started before either ended.
+    stdout = _run_script(project, out)
+    events = [line.split()[1:] for line in stdout.splitlines() if line.split()[1:2] in (["start"], ["end"])]
+    assert [e[0] for e in events[:2]] == ["start", "start"], stdout
     assert sorted(e[1] for e in events if e[0] == "start") == ["smoke/baseline", "smoke/cls_pooling"]
     # The final pass wrote every configuration into the tables, in the set's order.
+    assert _configs(out) == ["baseline", "cls_pooling"]
     with out.with_suffix(".csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["config"] for r in rows] == ["baseline", "cls_pooling"]
     assert all(0 < float(r["dev_overall"]) <= 1 for r in rows)
     md = out.with_suffix(".md").read_text()
     assert "| baseline |" in md and "| cls_pooling |" in md
