@@ -31,8 +31,14 @@ for name in '${SETS[*]}'.split():
     for v in sets[name].variants:
         print(f'{name}/{v.name}')")
 fi
-profile_of() {
-  python -c "from mtbert.ablation import load_sets; print(load_sets('$FILE')['$1'].profile)"
+# Each set's profile, read once: PROFILES="main=quick samplers=quick ..."
+PROFILES=$(python -c "
+from mtbert.ablation import load_sets
+print(' '.join(f'{name}={s.profile}' for name, s in load_sets('$FILE').items()))")
+export PROFILES
+profile_of() {  # set name -> its profile
+  local pair
+  for pair in $PROFILES; do [ "${pair%%=*}" = "$1" ] && echo "${pair#*=}"; done
 }
 run_one() {  # set/config
   local set=${1%%/*} config=${1#*/} lock=()

@@ -22,9 +22,9 @@ def _run_script(project: Path, out: Path, *configs: str) -> str:
     return proc.stdout
 
 
-def _configs(out: Path) -> list[str]:
+def _rows(out: Path) -> list[dict[str, str]]:
     with out.with_suffix(".csv").open() as fh:
-        return [r["config"] for r in csv.DictReader(fh)]
+        return list(csv.DictReader(fh))
 
 
 def test_two_lanes_run_the_set_side_by_side_and_write_one_table(project: Path, tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_two_lanes_run_the_set_side_by_side_and_write_one_table(project: Path, t
     out.parent.mkdir()
     # Named configurations only: the closing table pass runs nothing else.
     _run_script(project, out, "smoke/cls_pooling")
-    assert _configs(out) == ["cls_pooling"]
+    assert [r["config"] for r in _rows(out)] == ["cls_pooling"]
     assert not (project / "artifacts/ablation/smoke/baseline").exists()
     # All of the set: two lanes, each configuration started before either ended.
     stdout = _run_script(project, out)
@@ -40,9 +40,8 @@ def test_two_lanes_run_the_set_side_by_side_and_write_one_table(project: Path, t
     assert [e[0] for e in events[:2]] == ["start", "start"], stdout
     assert sorted(e[1] for e in events if e[0] == "start") == ["smoke/baseline", "smoke/cls_pooling"]
     # The final pass wrote every configuration into the tables, in the set's order.
-    assert _configs(out) == ["baseline", "cls_pooling"]
-    with out.with_suffix(".csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _rows(out)
+    assert [r["config"] for r in rows] == ["baseline", "cls_pooling"]
     assert all(0 < float(r["dev_overall"]) <= 1 for r in rows)
     md = out.with_suffix(".md").read_text()
     assert "| baseline |" in md and "| cls_pooling |" in md
