@@ -45,7 +45,7 @@ PEER = "fixed128_dense"
 
 
 def load_data(cfg: Any, data_dir: Path, smoke: bool) -> tuple[dict[str, Any], Any]:
-    """Quick-profile training rows, sampled as `stages.train_frames` does, tokenized once."""
+    """Quick-profile training rows, sampled as `project.train_frames` does, tokenized once."""
     from mtbert.batching import tokenize_frame
     from mtbert.data import read_split
     from mtbert.model.load_hf import load_tokenizer
@@ -205,8 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from mtbert.config import load_config
     from mtbert.model.multitask import build_multitask
-    from mtbert.optim import build_optimizer
-    from mtbert.stages import head_lr_scale
+    from mtbert.optim import build_optimizer, lr_scale_fn
 
     overrides = [f"model.checkpoint={_common.checkpoint(args.smoke)}"]
     if args.max_tokens is not None:
@@ -215,8 +214,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data, _ = load_data(cfg, args.data_dir or _common.default_data_dir(), args.smoke)
     torch.manual_seed(cfg.seed)
     model = build_multitask(cfg.model)
+    layers = model.encoder.config.num_hidden_layers
     optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
-                                lr_scale=head_lr_scale(cfg))  # as stages.train builds it
+                                lr_scale=lr_scale_fn(layers, cfg.train))  # as the train stage builds it
     plans = {v: plan(data, cfg.train, cfg.seed, VARIANTS[v][0]) for v in VARIANTS}
     stats = {v: padding_stats(data, plans[v], VARIANTS[v][1]) for v in VARIANTS}
     samples = 2 if args.smoke else args.samples

@@ -4,7 +4,7 @@ Input: the first 2000 pairs of quora-dev (a subset, so that several alternating 
 a few minutes), as raw strings. Both sides go from strings to scores on the same MiniLM
 backbone (cross-encoded pairs, max_length 128, fp32):
 
-- ours: ``mtbert.serving.predict_rows`` (what ``mtbert predict`` and the MLflow model server
+- ours: ``mtbert.pipeline.serving.predict_rows`` (what ``mtbert predict`` and the MLflow model server
   call): validate rows, tokenize once, length-sorted batches, ``evaluate.predict`` under
   inference_mode, sigmoid of the paraphrase head; the model set to the CrossEncoder's
   architecture (cross-encoded pair, CLS pooler, linear head). The model params.yaml configures
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import pandas as pd
 
     from mtbert.data import read_split
-    from mtbert.serving import predict_rows
+    from mtbert.pipeline.serving import predict_rows
 
     models, tokenizer, cfgs, peer = load_models(_common.checkpoint(args.smoke))
     frame = read_split(args.data_dir or _common.default_data_dir(), "para", "dev",
@@ -109,7 +109,7 @@ def summarize(rates: dict[str, float], times: dict, n_pairs: int, eval_bs: int,
         "rates": rates,
         "goal": f"ratio >= {GOAL} (same architecture, same batch size)", "goal_met": ours / peer >= GOAL,
         "setup": {"pairs": n_pairs, "source": "quora-dev.csv, first rows (malformed rows skipped)",
-                  "ours": "mtbert.serving.predict_rows (validate, tokenize_frame, evaluate.predict) "
+                  "ours": "mtbert.pipeline.serving.predict_rows (validate, tokenize_frame, evaluate.predict) "
                           "on a MultitaskBert with " + ", ".join(CROSS) + ": the CrossEncoder's "
                           "architecture",
                   "ours_configured": f"the same path on the model params.yaml configures "

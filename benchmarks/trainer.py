@@ -60,7 +60,7 @@ def config(checkpoint: str) -> Any:
 
 
 class Ours:
-    """mtbert's side: MultitaskBert, tokenized SST rows and the optimizer as stages.train builds them."""
+    """mtbert's side: MultitaskBert, tokenized SST rows and the optimizer as the train stage builds them."""
 
     def __init__(self, train: Any, checkpoint: str) -> None:
         import torch
@@ -68,15 +68,15 @@ class Ours:
         from mtbert.batching import tokenize_frame
         from mtbert.model.load_hf import load_tokenizer
         from mtbert.model.multitask import build_multitask
-        from mtbert.optim import build_optimizer
-        from mtbert.stages import head_lr_scale
+        from mtbert.optim import build_optimizer, lr_scale_fn
 
         self.cfg = cfg = config(checkpoint)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model.checkpoint)
         self.model = build_multitask(cfg.model)
+        layers = self.model.encoder.config.num_hidden_layers
         self.optimizer = build_optimizer(self.model, cfg.train.optimizer, cfg.train.lr,
-                                         cfg.train.weight_decay, lr_scale=head_lr_scale(cfg))
+                                         cfg.train.weight_decay, lr_scale=lr_scale_fn(layers, cfg.train))
         start = time.perf_counter()
         self.data = {"sst": tokenize_frame(self.tokenizer, train, "sst", cfg.model.pair_encoding,
                                            cfg.model.max_length)}

@@ -1,1 +1,1 @@
-"""Prefect orchestration of the mtbert pipeline (tasks call `mtbert.stages`; no logic here)."""
+"""Prefect orchestration of the mtbert pipeline (tasks call `mtbert.pipeline.stages`; no logic here)."""

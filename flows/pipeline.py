@@ -1,4 +1,5 @@
-"""The Prefect flow: the stage functions dvc.yaml runs, as tasks with retries where they can help.
+"""The Prefect flow: the stages dvc.yaml runs (mtbert.pipeline.stages), as tasks with retries where
+they can help.
 
     python -m flows.pipeline [--tune] [--params params.yaml] [--data-source DIR] [section.key=value ...]
 
@@ -22,8 +23,13 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from mtbert import stages, tracking
 from mtbert.config import Config, load_config, with_overrides
+from mtbert.pipeline.stages import augment as augment_stage
+from mtbert.pipeline.stages import evaluate as evaluate_stage
+from mtbert.pipeline.stages import prepare as prepare_stage
+from mtbert.pipeline.stages import register as register_stage
+from mtbert.pipeline.stages import train as train_stage
+from mtbert.pipeline.stages import tune as tune_stage
 
 IO_RETRIES, IO_RETRY_DELAY_S = 2, 5
 REGISTER_RETRIES, REGISTER_RETRY_DELAY_S = 3, 10
@@ -32,39 +38,39 @@ REGISTER_RETRIES, REGISTER_RETRY_DELAY_S = 3, 10
 @task(name="preprocess", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S, cache_policy=NO_CACHE)
 def preprocess(cfg: Config, data_source: str | None = None) -> dict[str, Any]:
     """Import the course CSVs (from `data_source` or `data.source`) and write the typed tables."""
-    stages.import_data(cfg, data_source)
-    return stages.prepare(cfg)
+    prepare_stage.import_data(cfg, data_source)
+    return prepare_stage.run(cfg)
 
 
 @task(name="augment", cache_policy=NO_CACHE)
 def augment(cfg: Config) -> dict[str, Any]:
     """SICK pairs for sts and EDA copies (as dvc.yaml's augment stage)."""
-    return stages.augment(cfg)
+    return augment_stage.run(cfg)
 
 
 @task(name="tune", cache_policy=NO_CACHE)
 def tune_params(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the Optuna study; the best parameters as dotted overrides."""
-    return stages.tune(cfg)
+    return tune_stage.run(cfg)
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(cfg: Config) -> str:
     """Train into `train.out_dir` inside an MLflow run (as `mtbert train`); return the run id."""
-    return tracking.tracked_train(cfg, resume=True)[1]
+    return train_stage.run(cfg, resume=True)[1]
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(cfg: Config, run_id: str) -> dict[str, float]:
     """Dev metrics and plots, logged to the training run (as `mtbert evaluate`)."""
-    return tracking.tracked_evaluate(cfg, run_id)
+    return evaluate_stage.run(cfg, run_id)
 
 
 @task(name="register", retries=REGISTER_RETRIES, retry_delay_seconds=REGISTER_RETRY_DELAY_S,
       cache_policy=NO_CACHE)
 def register(cfg: Config) -> dict[str, Any]:
     """Register the model and give it the champion or challenger alias."""
-    return dataclasses.asdict(stages.register(cfg))
+    return dataclasses.asdict(register_stage.run(cfg))
 
 
 @flow(name="mtbert-pipeline")

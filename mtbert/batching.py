@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -43,10 +44,12 @@ class Batch:
     enc: Encoded
     labels: Tensor | None  # (B,): int64 for sst/para, float32 for sts
     rows: list[int]  # positions of the examples in their frame
+    targets: Tensor | None = None  # teacher outputs of the rows, float32 (B, 5) for sst, (B,) else
 
     def to(self, device: torch.device | str) -> Batch:
         labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
-        return Batch(self.task, self.enc.to(device), labels, self.rows)
+        targets = None if self.targets is None else self.targets.to(device, non_blocking=True)
+        return Batch(self.task, self.enc.to(device), labels, self.rows, targets)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,12 +60,15 @@ class TokenizedTask:
     """A task's rows, tokenized once.
 
     `segments[i]` holds one sequence (single sentence or cross-encoded pair) or two (bi-encoded
-    pair); each sequence is (input_ids, token_type_ids).
+    pair); each sequence is (input_ids, token_type_ids). `targets`, if set, holds one teacher output
+    per row (see mtbert.distill): `collate` hands a batch the targets of its own rows, so they stay
+    aligned however the rows are shuffled or bucketed.
     """
 
     task: str
     segments: list[tuple[tuple[list[int], list[int]], ...]]
     labels: list[float] | None
+    targets: np.ndarray | None = None  # (N, 5) sst class probabilities, (N,) para/sts
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -114,7 +120,10 @@ def collate(data: TokenizedTask, rows: list[int], pad_id: int = 0) -> Batch:
         values = [data.labels[r] for r in rows]
         dtype = torch.float32 if data.task == "sts" else torch.long
         labels = torch.tensor(values, dtype=dtype)
-    return Batch(data.task, pad(seqs, pad_id), labels, list(rows))
+    targets = None
+    if data.targets is not None:
+        targets = torch.from_numpy(np.asarray(data.targets, dtype=np.float32)[rows])
+    return Batch(data.task, pad(seqs, pad_id), labels, list(rows), targets)
 
 
 def make_batches(lengths: list[int], batch_size: int, *, max_tokens: int = 0, shuffle: bool = True,

@@ -6,102 +6,80 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ctypes
 import json
 import logging
+import os
+import signal
 import sys
 import time
-from pathlib import Path
+import traceback
 
-from mtbert.config import Config, ConfigError, load_config
+from mtbert.config import Config, load_config, load_overrides_file, to_dict
+from mtbert.errors import UserError, one_line
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 log = logging.getLogger("mtbert")
 
 
-def _progress_callback(quiet: bool):
-    from tqdm import tqdm
-
-    from mtbert.train import Callback
-
-    class Progress(Callback):
-        """A progress bar with throughput and ETA; silent in quiet mode."""
-
-        def __init__(self) -> None:
-            self.bar = None
-
-        def on_step(self, state, metrics) -> None:
-            if self.bar is None:
-                self.bar = tqdm(total=state.total_steps, initial=state.global_step - 1,
-                                desc="train", unit="step", disable=quiet, mininterval=2.0)
-            self.bar.update(1)
-            losses = {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items() if k.endswith("/loss")}
-            if losses:
-                self.bar.set_postfix(losses, refresh=False)
-
-        def on_epoch_end(self, state) -> None:
-            if self.bar is not None and state.global_step >= state.total_steps:
-                self.bar.close()
-
-    return Progress()
-
-
-@contextlib.contextmanager
-def _row_progress(quiet: bool, desc: str):
-    """Yields a `mtbert.evaluate.ProgressStart`: a rows bar (throughput, ETA) on stderr; none if quiet."""
-    from tqdm import tqdm
-
-    bars = []
-
-    def start(total: int):
-        bars.append(tqdm(total=total, desc=desc, unit="row", disable=quiet, mininterval=1.0))
-        return bars[-1].update
-
-    try:
-        yield start
-    finally:
-        for bar in bars:
-            bar.close()
+# Each command imports its stage where it runs (allow-listed in tests/unit/test_architecture.py):
+# `mtbert --help`, `mtbert config` and a bad params file answer in a fraction of a second instead of
+# after the ~6 s that torch, transformers and MLflow take to import.
 
 
 def cmd_import_data(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages
+    from mtbert.pipeline.stages import prepare
 
-    paths = stages.import_data(cfg, args.source)
+    paths = prepare.import_data(cfg, args.source)
     print(f"imported {len(paths)} files into {cfg.data.raw_dir}/")
 
 
 def cmd_prepare(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages
+    from mtbert.pipeline.stages import prepare
 
-    report = stages.prepare(cfg)
+    report = prepare.run(cfg)
     skipped = len(report["issues"])
     print(f"prepared {len(report['files'])} files into {cfg.data.prepared_dir}/; "
           f"{skipped} malformed rows skipped (listed in {cfg.data.prepared_dir}/report.json)")
 
 
 def cmd_augment(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages
+    from mtbert.pipeline.stages import augment
 
-    report = stages.augment(cfg)
+    report = augment.run(cfg)
     sick = report.get("sick", {}).get("used", 0)
     print(f"augmented tables in {cfg.data.augmented_dir}/ ({sick} SICK pairs added to sts; EDA on "
-          f"{', '.join(report['eda']) or 'no task'}); details in {stages.REPORT_FILE} there")
+          f"{', '.join(report['eda']) or 'no task'}); details in {augment.REPORT_FILE} there")
 
 
 def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import tracking  # checks the tracking server before the slower imports and the model
+    from mtbert.pipeline.stages import train
 
     start = time.monotonic()
-    state, _ = tracking.tracked_train(cfg, resume=not args.no_resume,
-                                      callbacks=[_progress_callback(args.quiet)])
+    state, _ = train.run(cfg, resume=not args.no_resume, callbacks=[train.TrainProgress(not args.quiet)])
     print(f"trained {state.global_step} steps in {time.monotonic() - start:.0f} s -> {cfg.train.out_dir}/")
 
 
-def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import tracking
+def cmd_teach(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert.pipeline.stages import teach
 
-    with _row_progress(args.quiet, "evaluate") as progress:
-        metrics = tracking.tracked_evaluate(cfg, progress=progress)
+    manifest = teach.run(cfg)
+    if not manifest["enabled"]:
+        print(f"distillation is off (train.distill.enabled); nothing to compute -> "
+              f"{cfg.train.distill.outputs_dir}/{teach.MANIFEST}")
+        return
+    rows = ", ".join(f"{task} {info['rows']}" for task, info in manifest["tasks"].items())
+    print(f"teacher outputs of {len(manifest['teachers'])} model(s) on the training rows ({rows}) "
+          f"-> {cfg.train.distill.outputs_dir}/")
+
+
+def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert.pipeline.progress import row_progress
+    from mtbert.pipeline.stages import evaluate
+
+    with row_progress(not args.quiet, "evaluate") as progress:
+        metrics = evaluate.run(cfg, progress=progress)
     _print_metrics(metrics)
 
 
@@ -114,25 +92,24 @@ def _print_metrics(metrics: dict[str, float]) -> None:
 
 
 def cmd_predict(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert.serving import predict_file
+    from mtbert.pipeline.progress import row_progress
+    from mtbert.pipeline.stages import predict
 
-    with _row_progress(args.quiet, f"predict {args.task}") as progress:
-        n = predict_file(args.model_dir or cfg.train.out_dir, args.task, args.input, args.output,
-                         batch_size=cfg.eval.batch_size, progress=progress)
+    with row_progress(not args.quiet, f"predict {args.task}") as progress:
+        n = predict.run(cfg, args.task, args.input, args.output, model_dir=args.model_dir,
+                        progress=progress)
     print(f"wrote {n} predictions to {args.output}")
 
 
 def cmd_config(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert.config import to_dict
-
     print(json.dumps(to_dict(cfg), indent=2))
 
 
 def cmd_tune(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages
+    from mtbert.pipeline.stages import tune
 
     start = time.monotonic()
-    best = stages.tune(cfg, progress=not args.quiet)
+    best = tune.run(cfg, progress=not args.quiet)
     print(f"study {cfg.tune.study_name!r} done in {time.monotonic() - start:.0f} s; best parameters "
           f"-> {cfg.tune.out_file} (use: mtbert train --overrides-file {cfg.tune.out_file})")
     for key, value in sorted(best.items()):
@@ -140,49 +117,35 @@ def cmd_tune(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_register(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages
-    from mtbert.registry import RegistryError
-    from mtbert.tracking import TrackingUnavailable
+    from mtbert.pipeline.stages import register
 
-    try:
-        result = stages.register(cfg)
-    except (RegistryError, TrackingUnavailable) as err:
-        raise SystemExit(f"mtbert register: {err}") from None
+    result = register.run(cfg)
     print(f"registered {result.name} version {result.version} -> @{result.decision} ({result.reason})")
 
 
 def cmd_compare(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert.registry import compare, compare_markdown
+    from mtbert.pipeline.stages import register
 
-    table = compare(cfg)
+    table = register.compare(cfg)
     if table.empty:
         print(f"no registered versions of {cfg.register.model_name!r}")
     else:
-        print(compare_markdown(table))
+        print(register.compare_markdown(table))
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> None:
-    import os
+    from mtbert.pipeline.stages import register
 
-    from mtbert import registry
-
-    if registry.current_champion(registry.connect(), cfg) is None:
-        raise SystemExit(f"mtbert serve: {cfg.register.model_name!r} has no "
-                         f"@{cfg.register.champion_alias}; run `mtbert register` first")
-    cmd = registry.serve_command(cfg, args.port)
+    cmd, env = register.serve_command(cfg, args.port)
     sys.stdout.flush()
-    os.execve(cmd[0], cmd, registry.serve_env())  # become the server: signals reach it directly
+    os.execve(cmd[0], cmd, env)  # become the server: signals reach it directly
 
 
 def cmd_pretrain_mlm(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import stages, tracking
+    from mtbert.pipeline.stages import pretrain_mlm, train
 
     start = time.monotonic()
-    with tracking.start_run(cfg, "pretrain-mlm") as run:
-        logger = tracking.MlflowCallback(run.info.run_id)
-        stats = stages.pretrain_mlm(cfg, callbacks=[_progress_callback(args.quiet), logger])
-        logger.close()
-        tracking.mlflow.log_metrics(stats)
+    stats = pretrain_mlm.run(cfg, callbacks=[train.TrainProgress(not args.quiet)])
     print(f"MLM: {stats['mlm/steps']:.0f} steps on {stats['mlm/sentences']:.0f} sentences in "
           f"{time.monotonic() - start:.0f} s; dev MLM loss {stats['mlm/dev_loss_before']:.3f} -> "
           f"{stats['mlm/dev_loss_after']:.3f}; encoder -> {cfg.mlm.out_dir}/ "
@@ -190,37 +153,20 @@ def cmd_pretrain_mlm(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_ablate(cfg: Config, args: argparse.Namespace) -> None:
-    from mtbert import ablation
+    from mtbert.pipeline.stages import ablate
 
     only = [] if args.tables_only else args.only.split(",") if args.only else None
-    try:
-        rows = ablation.run_from_file(cfg, args.file, args.set, root=args.root, out=args.out,
-                                      keep_models=args.keep_models, only=only)
-    except ConfigError as err:
-        print(f"mtbert: bad configuration: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(ablation.markdown_table(rows))
-
-
-def _file_overrides(path: str | None) -> list[str]:
-    """`key=value` overrides from a YAML mapping of dotted keys; they come before command-line ones."""
-    if path is None:
-        return []
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"--overrides-file {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--overrides-file {path}: expected a mapping like 'train.lr: 3.0e-05'")
-    return [f"{key}={json.dumps(value)}" for key, value in data.items()]  # JSON is valid YAML
+    rows = ablate.run(cfg, args.file, args.set, root=args.root, out=args.out,
+                      keep_models=args.keep_models, only=only)
+    print(ablate.markdown_table(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtbert", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default params.yaml)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars (CI logs)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error, also of bad input")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("import-data", help="copy the course CSVs into data.raw_dir")
     p.add_argument("--source", help="directory holding the course CSVs (default: data.source)")
@@ -229,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the multitask model (resumes an interrupted run)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--overrides-file", help="YAML of dotted overrides, e.g. artifacts/tune/best_params.yaml")
+    sub.add_parser("teach", help="teacher outputs on the training rows, for train.distill")
     sub.add_parser("evaluate", help="dev metrics, prediction files and plots")
     p = sub.add_parser("predict", help="predict a task for a CSV/TSV of sentences")
     p.add_argument("--task", required=True, choices=["sst", "para", "sts"])
@@ -256,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"import-data": cmd_import_data, "prepare": cmd_prepare, "augment": cmd_augment, "train": cmd_train,
+COMMANDS = {"import-data": cmd_import_data, "prepare": cmd_prepare, "augment": cmd_augment, "teach": cmd_teach, "train": cmd_train,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "config": cmd_config, "tune": cmd_tune,
             "pretrain-mlm": cmd_pretrain_mlm, "ablate": cmd_ablate,
             "register": cmd_register, "compare": cmd_compare, "serve": cmd_serve}
@@ -270,29 +217,42 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like train.lr=2e-5)")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    _die_with_parent()
     try:
-        cfg = load_config(args.params, _file_overrides(getattr(args, "overrides_file", None)) + rest)
-    except ConfigError as err:
-        print(f"mtbert: bad configuration: {err}", file=sys.stderr)
-        return 2
-    try:
+        overrides_file = getattr(args, "overrides_file", None)
+        overrides = load_overrides_file(overrides_file) if overrides_file else []
+        cfg = load_config(args.params, overrides + rest)
         COMMANDS[args.command](cfg, args)
-    except Exception as err:
-        if not _is_user_error(err):
-            raise
-        print(f"mtbert: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # noqa: BLE001 - the one error boundary of the command line
+        return _report(err, args)
     return 0
 
 
-def _is_user_error(err: Exception) -> bool:
-    """Errors whose message tells the user what to do: no traceback for them.
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent process dies (e.g. `dvc repro` stopped with SIGTERM), so
+    a training never runs on as an orphan; the signal saves a checkpoint like any SIGTERM."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect
 
-    Looked up in sys.modules so that e.g. `mtbert config` never imports torch or MLflow.
-    """
-    kinds = [("mtbert.checkpoint", "CheckpointError"), ("mtbert.tracking", "TrackingUnavailable")]
-    classes = [getattr(sys.modules.get(module), name, None) for module, name in kinds]
-    return any(cls is not None and isinstance(err, cls) for cls in classes)
+
+def _report(err: Exception, args: argparse.Namespace) -> int:
+    """Bad input: one line `mtbert <command>: <file>[:<line>]: <field>: <reason> (<fix>)`, exit 2.
+    Anything else is a bug: the traceback, and a line saying so, exit 1. `--debug`: always the
+    traceback."""
+    where = f"mtbert {args.command}"
+    user = isinstance(err, UserError) or (isinstance(err, OSError) and err.filename is not None)
+    if user and not args.debug:
+        text = str(err) if isinstance(err, UserError) else f"{err.filename}: {err.strerror}"
+        print(f"{where}: {one_line(text)}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    traceback.print_exception(err)
+    if not user:
+        print(f"{where}: unexpected error (a bug in mtbert, not in your input; the traceback is "
+              f"above): {type(err).__name__}: {one_line(str(err))}", file=sys.stderr)
+    return 2 if user else 1
 
 
 if __name__ == "__main__":

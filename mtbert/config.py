@@ -10,7 +10,9 @@ applied before command-line overrides (`train.lr=2e-5`). Code changes config wit
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from mtbert.errors import UserError
 from mtbert.tasks import TASKS
 
 POOLINGS = ("cls", "mean", "max", "mean_max")
@@ -34,10 +37,26 @@ ON_ERROR = ("fail", "skip")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 TRAIN_SOURCES = ("raw", "augmented")
+DISTILL_SCHEDULES = ("linear", "constant")
 
 
-class ConfigError(ValueError):
-    """A bad value in params.yaml or an override; the message starts with the dotted key path."""
+_KEY_PATH = re.compile(r"([A-Za-z_]\w*(?:\.\w+|\[\d+\])*): (.*)", re.DOTALL)
+
+
+class ConfigError(UserError, ValueError):
+    """A bad value in params.yaml or an override, naming the dotted key path as its `field`.
+
+    `load_config` adds the file and the key's line: ``params.yaml:57: train.lr: must be > 0``.
+    A message in the form ``"train.lr: must be > 0"`` (without keywords) is split into field
+    and reason, so ``str(err)`` keeps that text.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None,
+                 field: str | None = None, fix: str | None = None) -> None:
+        parts = _KEY_PATH.fullmatch(message) if field is None and path is None else None
+        if parts:
+            field, message = parts.groups()
+        super().__init__(message, path=path, line=line, field=field, fix=fix)
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,58 @@ class SmartConfig:
     bregman_beta: float = 0.99  # EMA momentum of the proximal teacher's parameters
 
 
+def _check_tasks(path: str, tasks: tuple[str, ...], allow_empty: bool) -> None:
+    """Raise ConfigError unless `tasks` are distinct names from TASKS (and non-empty if required)."""
+    if not tasks and not allow_empty:
+        raise ConfigError(f"{path}: needs at least one task of: {', '.join(TASKS)}")
+    for i, task in enumerate(tasks):
+        _check_choice(f"{path}[{i}]", task, TASKS)
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"{path}: lists a task twice: {list(tasks)}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation from teacher outputs with teacher annealing (BAM!, Clark et al. 2019).
+
+    A distilled task's loss is lam * distill + (1 - lam) * gold; lam falls linearly from 1 at the
+    first step to 0 at the last ("linear") or stays at `lam` ("constant"). See mtbert.distill.
+    """
+
+    enabled: bool = False
+    schedule: str = "linear"
+    lam: float = 0.5  # the weight of the teacher term with schedule: constant
+    temperature: float = 1.0
+    tasks: tuple[str, ...] = TASKS  # tasks whose loss mixes in the teacher's outputs
+    teachers: tuple[str, ...] = ()  # trained model directories; their outputs are averaged
+    outputs_dir: str = "artifacts/teacher"  # the teach stage's cached outputs on the training rows
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.teachers:
+            raise ConfigError("train.distill.teachers: distillation needs at least one teacher "
+                              "model directory")
+        _check_choice("train.distill.schedule", self.schedule, DISTILL_SCHEDULES)
+        _check_range("train.distill.lam", self.lam, 0.0, 1.0, high_open=False)
+        if not self.temperature > 0:
+            raise ConfigError(f"train.distill.temperature: must be > 0, got {self.temperature}")
+        _check_tasks("train.distill.tasks", self.tasks, allow_empty=True)
+
+
+@dataclass(frozen=True)
+class EmaConfig:
+    """An exponential moving average of the weights (mtbert.averaging), saved instead of the
+    last weights when enabled."""
+
+    enabled: bool = False
+    decay: float = 0.999
+    start_step: int = 0  # the average starts from the weights after this step (after step 1 if 0)
+
+    def __post_init__(self) -> None:
+        _check_range("train.ema.decay", self.decay, 0.0, 1.0)
+        if self.start_step < 0:
+            raise ConfigError(f"train.ema.start_step: must be >= 0, got {self.start_step}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1
@@ -129,6 +200,16 @@ class TrainConfig:
     checkpoint_every: int = 200
     out_dir: str = "artifacts/model"
     init_from: str | None = None
+    tasks: tuple[str, ...] = TASKS  # the tasks trained (any non-empty subset)
+    layer_decay: float = 1.0  # layer-wise lr decay d: layer i of L at lr x d**(L - i); 1 is off
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+
+    def __post_init__(self) -> None:
+        _check_tasks("train.tasks", self.tasks, allow_empty=False)
+        _check_range("train.layer_decay", self.layer_decay, 0.0, 1.0, high_open=False)
+        if self.layer_decay == 0:
+            raise ConfigError("train.layer_decay: must be > 0 (1 turns it off), got 0")
 
 
 @dataclass(frozen=True)
@@ -237,7 +318,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML 1.1 reads "5e-5" as a string; accept numeric strings for floats only.
             number = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: an int beyond any float
             number = None
         if number is not None and not math.isfinite(number):  # nan passes every range check
             raise ConfigError(f"{path}: expected a finite number, got {value!r}")
@@ -251,7 +332,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted((key for key in data if key not in names), key=str)  # YAML keys may be numbers
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
@@ -265,6 +346,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    if not isinstance(dotted, str):
+        raise ConfigError(f"{dotted!r}: keys must be dotted names like train.lr")
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -285,10 +368,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{text}: override must look like section.key=value")
     try:
-        return key, yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{key}: cannot parse value {raw!r} ({problem})") from None
+        return key, _load_yaml(raw, None)[0] if raw.strip() else None
+    except ConfigError as err:
+        shown = raw if len(raw) <= 60 else raw[:60] + "..."
+        raise ConfigError(f"{key}: cannot parse value {shown!r} ({err.reason})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,10 +417,7 @@ def validate(cfg: Config) -> Config:
     for path, value in [("train.lr", t.lr), ("mlm.lr", cfg.mlm.lr), ("tune.lr_min", cfg.tune.lr_min)]:
         if value <= 0:
             raise ConfigError(f"{path}: must be > 0, got {value}")
-    for path, value in [("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
-                        ("eval.batch_size", cfg.eval.batch_size), ("model.max_length", m.max_length)]:
-        if value < 1:
-            raise ConfigError(f"{path}: must be >= 1, got {value}")
+    _validate_sizes(cfg)
     if t.head_lr_scale <= 0:
         raise ConfigError(f"train.head_lr_scale: must be > 0, got {t.head_lr_scale}")
     _check_range("train.warmup_ratio", t.warmup_ratio, 0.0, 1.0)
@@ -351,15 +431,33 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _validate_sizes(cfg: Config) -> None:
+    """Sizes and counts that must be >= 1 where given: 0 rows, batches or epochs is never meant."""
+    d, t, m, tune = cfg.data, cfg.train, cfg.mlm, cfg.tune
+    for name in ("train_size", "resample_to", "dev_size"):
+        for task in TASKS:
+            value = getattr(d, name).get(task)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name}.{task}: must be >= 1, got {value}",
+                                  fix="use null for all rows")
+    checks = [("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
+              ("eval.batch_size", cfg.eval.batch_size), ("model.max_length", cfg.model.max_length),
+              ("mlm.epochs", m.epochs), ("mlm.batch_size", m.batch_size),
+              ("mlm.max_sentences", m.max_sentences), ("tune.n_trials", tune.n_trials),
+              ("tune.report_dev_size", tune.report_dev_size), ("tune.heartbeat_s", tune.heartbeat_s),
+              ("tune.grace_s", tune.grace_s)]
+    for path, value in checks:
+        if value is not None and value < 1:
+            raise ConfigError(f"{path}: must be >= 1, got {value}")
+
+
 def _validate_non_negative(cfg: Config) -> None:
-    """Counts and sizes where a negative value would fail mid-run (0 keeps its documented meaning)."""
-    d, t = cfg.data, cfg.train
-    checks = [(f"data.{name}.{task}", getattr(d, name).get(task))
-              for name in ("train_size", "resample_to", "dev_size") for task in TASKS]
-    checks += [("train.checkpoint_every", t.checkpoint_every), ("train.max_tokens", t.max_tokens),
-               ("train.threads", t.threads), ("train.grad_clip", t.grad_clip),
-               ("train.smart.bregman_weight", t.smart.bregman_weight),
-               ("augment.eda_copies", cfg.augment.eda_copies)]
+    """Counts where a negative value would fail mid-run (0 keeps its documented meaning)."""
+    t = cfg.train
+    checks = [("train.checkpoint_every", t.checkpoint_every), ("train.max_tokens", t.max_tokens),
+              ("train.threads", t.threads), ("train.grad_clip", t.grad_clip),
+              ("train.smart.bregman_weight", t.smart.bregman_weight),
+              ("augment.eda_copies", cfg.augment.eda_copies)]
     for path, value in checks:
         if value is not None and value < 0:
             raise ConfigError(f"{path}: must be >= 0, got {value}")
@@ -388,13 +486,21 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     """Build a validated Config from a params mapping, its profile and dotted overrides."""
     tree = _deep_copy(raw)
     profiles = tree.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"profiles: expected a mapping of profile names, got {profiles!r}")
     parsed = [parse_override(o) for o in overrides or []]
     profile = dict(parsed).get("profile", tree.get("profile"))
     if profile is not None:
+        if not isinstance(profile, str):
+            raise ConfigError(f"profile: expected str or null, got {profile!r}")
         if profile not in profiles:
-            valid = ", ".join(sorted(profiles)) or "(none defined)"
+            valid = ", ".join(sorted(map(str, profiles))) or "(none defined)"
             raise ConfigError(f"profile: unknown profile {profile!r}; defined profiles: {valid}")
-        for key, value in (profiles[profile] or {}).items():
+        entries = profiles[profile] or {}
+        if not isinstance(entries, dict):
+            raise ConfigError(f"profiles.{profile}: expected a mapping of dotted keys like "
+                              f"'train.epochs: 1', got {entries!r}")
+        for key, value in entries.items():
             _set_dotted(tree, key, value)
     for key, value in parsed:
         _set_dotted(tree, key, value)
@@ -402,16 +508,104 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Read params.yaml (or another file) into a validated Config."""
+    """Read params.yaml (or another file) into a validated Config.
+
+    Raises:
+        ConfigError: one line naming the file, the line of the bad key where it is in the file
+            (or the override that set it) and the dotted key: a missing, unreadable, empty or
+            non-mapping file, invalid YAML, an alias bomb, unknown keys, wrong types, bad values.
+    """
     path = Path(path)
-    with path.open() as fh:
-        raw = yaml.safe_load(fh) or {}
+    if not path.exists():
+        raise ConfigError("parameters file does not exist", path=path,
+                          fix="run in the project folder or pass --params")
+    raw, lines = read_yaml_file(path)
+    if raw is None or raw == {}:
+        raise ConfigError("the parameters file is empty; it must hold the sections (data, model, "
+                          "train, ...)", path=path, fix="restore params.yaml from the repository")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"top level must be a mapping of sections, got a {type(raw).__name__}",
+                          path=path, line=1)
+    texts = list(overrides or [])
+    for text in texts:
+        try:
+            parse_override(text)
+        except ConfigError as err:
+            raise ConfigError(err.reason, path=path, field=err.field, fix=err.fix) from None
     try:
-        return config_from_dict(raw, overrides)
+        return config_from_dict(raw, texts)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise _located(err, path, lines, raw, texts) from None
+
+
+def load_overrides_file(path: str | Path) -> list[str]:
+    """Dotted overrides from a YAML mapping (``train.lr: 3.0e-05``) as ``key=value`` strings.
+
+    An empty file gives no overrides. The strings go to `load_config` after any others.
+
+    Raises:
+        ConfigError: naming the file: missing, invalid YAML, an alias bomb, or not a mapping of
+            dotted keys.
+    """
+    data, lines = read_yaml_file(path)
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping like 'train.lr: 3.0e-05'", path=path, line=1)
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{key!r} is not a dotted key like train.lr", path=path,
+                              line=lines.get(str(key)))
+        try:  # names and types here, with this file's line; ranges once params.yaml is merged
+            _coerce(value, _field_type(key), key)
+        except ConfigError as err:
+            raise ConfigError(err.reason, path=path, line=lines.get(key), field=err.field,
+                              fix=err.fix) from None
+    return [f"{key}={json.dumps(value, default=str)}" for key, value in data.items()]
+
+
+def _field_type(dotted: str) -> Any:
+    """The annotation of the Config field that the dotted key names (`train.smart.weight`).
+
+    Raises:
+        ConfigError: no such key, or a key inside a value that is not a section.
+    """
+    tp: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i])
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{dotted}: {where} is not a section")
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            raise ConfigError(f"{dotted}: unknown key; valid keys here: {', '.join(sorted(hints))}")
+        tp = hints[part]
+    return tp
+
+
+def _located(err: ConfigError, path: Path, lines: dict[str, int], raw: dict[str, Any],
+             overrides: list[str]) -> ConfigError:
+    """`err` with the params file, and the line of its key or the override that set it."""
+    keys = _key_chain(err.field) if err.field else []
+    setters = [(text, parse_override(text)[0]) for text in overrides]
+    for text, key in reversed(setters):  # the last override applied wins
+        if key in keys:
+            return ConfigError(f"{err.reason} (set by override {text!r})", path=path,
+                               field=err.field, fix=err.fix)
+    profile = dict(parse_override(t) for t in overrides).get("profile", raw.get("profile"))
+    entries = (raw.get("profiles") or {}).get(profile) if isinstance(profile, str) else None
+    if isinstance(entries, dict) and any(key in entries for key in keys):
+        keys = [f"profiles.{profile}.{key}" for key in keys]
+    line = next((lines[key] for key in keys if key in lines), None)
+    return ConfigError(err.reason, path=path, line=line, field=err.field, fix=err.fix)
+
+
+def _key_chain(field: str) -> list[str]:
+    """`augment.eda_tasks[1]` -> [`augment.eda_tasks[1]`, `augment.eda_tasks`, `augment`]."""
+    chain = [field]
+    while (parent := re.sub(r"(\.[^.\[]+|\[\d+\])$", "", chain[-1])) != chain[-1]:
+        chain.append(parent)
+    return chain
 
 
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -457,3 +651,97 @@ def _deep_copy(tree: Any) -> Any:
 def config_from_resolved(tree: dict[str, Any]) -> Config:
     """Rebuild a Config saved by `to_dict` (profile already applied), e.g. from a checkpoint."""
     return validate(_build(Config, _deep_copy(tree)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe YAML: a bounded number of nodes, errors naming the file and line.
+
+MAX_YAML_NODES = 100_000  # nodes with every alias expanded; params.yaml has about 500
+
+
+def read_yaml_file(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """Parse a YAML file safely: its data and the 1-based line of every dotted key path.
+
+    Keys inside lists get an index (`augment.eda_tasks[0]`). Aliases are allowed, but a document
+    that would expand to more than MAX_YAML_NODES nodes ("billion laughs") is refused before it
+    is built, in time linear in the file.
+
+    Raises:
+        ConfigError: naming the file (and line): missing, unreadable, not UTF-8, invalid YAML,
+            too many expanded nodes, recursive aliases or duplicate keys.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file does not exist", path=path) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the file ({err})", path=path) from None
+    return _load_yaml(text, path)
+
+
+def _load_yaml(text: str, path: str | Path | None) -> tuple[Any, dict[str, int]]:
+    """The data of one YAML document and its key lines; ConfigError naming `path` otherwise."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        _expanded_size(node, {}, set(), path)
+        lines = _key_lines(node, "", path)  # before construction, which rewrites merge keys
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = err.problem or err.context or "invalid YAML"
+        raise ConfigError(f"invalid YAML: {problem}", path=path,
+                          line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML: {err}", path=path) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", path=path) from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int],
+                   path: str | Path | None) -> int:
+    """How many nodes `node` becomes with aliases expanded (each node is visited once)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise ConfigError("an alias refers to a node that contains it (recursive YAML)",
+                          path=path, line=node.start_mark.line + 1)
+    open_nodes.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    size = 1 + sum(_expanded_size(child, sizes, open_nodes, path) for child in children)
+    if size > MAX_YAML_NODES:
+        raise ConfigError(f"more than {MAX_YAML_NODES} YAML nodes once aliases are expanded "
+                          "(an alias bomb?); refused", path=path, line=node.start_mark.line + 1)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+def _key_lines(node: yaml.Node, prefix: str, path: str | Path | None) -> dict[str, int]:
+    """1-based line of every dotted key path under `node`; refuses a key given twice."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
+            lines.update(_key_lines(item, f"{prefix}[{i}]", path))
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}  # merged keys (`<<: *base`) may be given again: not checked
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            dotted = f"{prefix}.{key.value}" if prefix else key.value
+            if key.value in seen:
+                raise ConfigError(f"duplicate key (first on line {seen[key.value]})", path=path,
+                                  line=key.start_mark.line + 1, field=dotted)
+            seen[key.value] = lines[dotted] = key.start_mark.line + 1
+            lines.update(_key_lines(value, dotted, path))
+    return lines

@@ -16,11 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from mtbert.fileio import atomic_write_text
+from mtbert.plots import learning_curve_png
 from mtbert.tasks import TASKS
-from mtbert.train import Callback, TrainState
+from mtbert.callbacks import Callback, FitContext
 
 CURVES_FILE = "curves.csv"
 CURVES_WIDE_FILE = "curves-wide.csv"
+CURVES_PNG = "curves.png"
 COLUMNS = ("step", "task", "loss")
 
 Row = tuple[int, str, float]
@@ -68,12 +70,12 @@ class CurveRecorder(Callback):
         self.path, self.every = Path(path), every
         self.rows: list[Row] = list(rows or [])
 
-    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-        self.rows += loss_rows(state.global_step, metrics)
-        if self.every and state.global_step % self.every == 0:
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        self.rows += loss_rows(ctx.state.global_step, metrics)
+        if self.every and ctx.state.global_step % self.every == 0:
             self.save()
 
-    def on_epoch_end(self, state: TrainState) -> None:
+    def on_epoch_end(self, ctx: FitContext) -> None:
         self.save()
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -88,3 +90,15 @@ def wide(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per step, one loss column per task (empty where a step did not train that task)."""
     table = frame.pivot_table(index="step", columns="task", values="loss", aggfunc="last")
     return table.reindex(columns=[t for t in TASKS if t in table.columns]).reset_index()
+
+
+def write_curves(curves: CurveRecorder, out_dir: str | Path) -> Path:
+    """Write the learning curves into a model folder: long and wide CSVs and a PNG; returns the CSV."""
+    out = Path(out_dir)
+    frame = curves.frame()
+    curves.save(out / CURVES_FILE)
+    atomic_write_text(out / CURVES_WIDE_FILE, wide(frame).to_csv(index=False))
+    by_task = {task: frame[frame["task"] == task] for task in TASKS if (frame["task"] == task).any()}
+    learning_curve_png({t: f["step"].to_numpy() for t, f in by_task.items()},
+                       {t: f["loss"].to_numpy() for t, f in by_task.items()}, out / CURVES_PNG)
+    return out / CURVES_FILE

@@ -13,6 +13,7 @@ Loaded frames have the columns ``id`` (str), ``sentence1`` (str), ``sentence2``
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import re
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from mtbert.errors import MissingFileError, UserError
 from mtbert.fileio import atomic_write
 from mtbert.tasks import TASK_SPECS, check_task
 
@@ -68,8 +71,10 @@ _SCHEMAS: dict[str, _Schema] = {
 }
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A data file violates the expected format.
+
+    ``str(err)`` is ``<path>:<line>: field '<field>': <reason>``.
 
     Attributes:
         path: the file, as given.
@@ -78,15 +83,13 @@ class DataFormatError(ValueError):
         reason: what is wrong.
     """
 
+    field_format = "field '{}'"
+
     def __init__(self, path: str | Path, line: int, field: str, reason: str) -> None:
-        self.path = str(path)
-        self.line = line
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{self.path}:{line}: field '{field}': {reason}")
+        super().__init__(reason, path=path, line=line, field=field)
 
     def __reduce__(self) -> tuple[type, tuple[str, int, str, str]]:
-        return (type(self), (self.path, self.line, self.field, self.reason))
+        return (type(self), (str(self.path), self.line or 0, self.field or "", self.reason))
 
     @classmethod
     def from_issue(cls, issue: RowIssue) -> DataFormatError:
@@ -182,8 +185,18 @@ def _decode(raw: bytes) -> str:
 
 
 def _physical_lines(path: Path) -> list[bytes]:
-    """The file's physical lines, split on newline only (no final empty line)."""
-    lines = path.read_bytes().split(b"\n")
+    """The file's physical lines, split on newline only (no final empty line).
+
+    Raises:
+        MissingFileError: `path` does not exist.
+        UserError: `path` cannot be read (a directory, no permission).
+    """
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise MissingFileError("data file does not exist", path=path) from None
+    except OSError as err:
+        raise UserError(f"cannot read data file ({err.strerror or err})", path=path) from None
     if lines and lines[-1] == b"":
         lines.pop()
     return lines
@@ -318,6 +331,7 @@ def read_task_file(
     Raises:
         DataFormatError: a bad header, or (under "fail") the first bad row; the
             message names the file, the 1-based line and the field.
+        MissingFileError: the file does not exist (a UserError, like DataFormatError).
         ValueError: unknown task or on_error value.
     """
     check_task(task)
@@ -353,7 +367,7 @@ def read_split(data_dir: str | Path, task: str, split: str, *, on_error: str) ->
 
     Raises:
         ValueError: unknown task, split or on_error value.
-        FileNotFoundError: the file is not in `data_dir`.
+        MissingFileError: the file is not in `data_dir` (a FileNotFoundError).
         DataFormatError: as in `read_task_file`.
     """
     check_task(task)
@@ -361,7 +375,8 @@ def read_split(data_dir: str | Path, task: str, split: str, *, on_error: str) ->
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     path = Path(data_dir) / RAW_FILES[(task, split)]
     if not path.is_file():
-        raise FileNotFoundError(f"no {task} {split} file: {path} does not exist")
+        raise MissingFileError(f"no {task} {split} file here", path=path,
+                               fix="run `mtbert import-data` or check data.raw_dir")
     return read_task_file(path, task, labeled=split != "test", on_error=on_error)
 
 
@@ -372,28 +387,83 @@ def _raw_names() -> tuple[list[str], list[str]]:
     return required, optional + list(EXTRA_FILES)
 
 
-def import_raw(source_dir: str | Path, dest_dir: str | Path) -> list[Path]:
-    """Copy the course files found in `source_dir` into `dest_dir`, keeping relative names.
+@dataclass(frozen=True)
+class ImportResult(Sequence[Path]):
+    """What `import_raw` did to the data folder.
 
-    Train and dev files of every task are required; test and extra files are
-    copied when present. Each copy is atomic (temporary file, then rename).
+    As a sequence it is `copied` (what `import_raw` returned before it reported removals), so
+    ``len(result)`` is the number of files imported.
+
+    Attributes:
+        copied: the paths written under the data folder, required files first.
+        removed: the paths under the data folder of course files that the source lacks (an
+            optional test or extra file a previous import left), now deleted.
+    """
+
+    copied: tuple[Path, ...]
+    removed: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.copied)
+
+    def __getitem__(self, index: int | slice) -> Path | tuple[Path, ...]:  # type: ignore[override]
+        return self.copied[index]
+
+
+def import_raw(source_dir: str | Path, dest_dir: str | Path) -> ImportResult:
+    """Replace the course files in `dest_dir` with those in `source_dir`, keeping relative names.
+
+    Train and dev files of every task are required; test and extra files are copied when
+    present, and a course file (any name in `RAW_FILES` or `EXTRA_FILES`) that `dest_dir` holds
+    but `source_dir` lacks is deleted, so the folder holds exactly the source's course files.
+    Other files in `dest_dir` are left alone. Each copy is atomic (temporary file, then rename);
+    nothing is deleted before every copy has landed.
 
     Returns:
-        The copied paths under `dest_dir`, required files first.
+        The copied and the removed paths under `dest_dir`.
 
     Raises:
-        FileNotFoundError: required files are missing; the message lists all of them.
+        MissingFileError: `source_dir` is not a folder, or required files are missing from it
+            (the message lists all of them); `dest_dir` is then unchanged.
+        UserError: a stale course file cannot be deleted (permissions).
+        DiskWriteError: a copy failed for lack of space or permission; that file is unchanged.
     """
     source, dest = Path(source_dir), Path(dest_dir)
+    if not source.is_dir():
+        what = "is not a folder" if source.exists() else "does not exist"
+        raise MissingFileError(f"course data folder {what}", path=source_dir,
+                               fix="pass --source DIR or set data.source in params.yaml")
     required, optional = _raw_names()
     missing = [name for name in required if not (source / name).is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"missing required course data files in {source}: {', '.join(missing)} "
-            "(train and dev of every task are required; test and extra files are optional)"
+        raise MissingFileError(
+            f"missing required course data files: {', '.join(missing)}", path=source_dir,
+            fix="train and dev of every task are required; test and extra files are optional",
         )
     present = required + [name for name in optional if (source / name).is_file()]
-    return [atomic_write(dest / name, partial(shutil.copyfile, source / name)) for name in present]
+    copied = [atomic_write(dest / name, partial(shutil.copyfile, source / name)) for name in present]
+    stale = [name for name in optional if name not in present]
+    return ImportResult(tuple(copied), tuple(_remove_stale(dest, stale)))
+
+
+def _remove_stale(dest: Path, names: list[str]) -> list[Path]:
+    """Delete the files `names` (relative to `dest`) that exist; a folder they leave empty goes too."""
+    removed: list[Path] = []
+    for name in names:
+        target = dest / name
+        if not (target.is_file() or target.is_symlink()):
+            continue
+        try:
+            target.unlink()
+        except OSError as err:
+            raise UserError(f"cannot delete this course file, which the source lacks "
+                            f"({err.strerror or err})", path=target,
+                            fix="check the permissions of the folder") from None
+        removed.append(target)
+        if target.parent != dest and not any(target.parent.iterdir()):
+            with contextlib.suppress(OSError):  # an empty folder left behind is harmless
+                target.parent.rmdir()  # extra/, emptied: the source has no such folder either
+    return removed
 
 
 def write_prepared(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -410,8 +480,24 @@ def write_prepared(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_prepared(path: str | Path) -> pd.DataFrame:
-    """Read a frame written by `write_prepared`; ids come back as strings."""
-    frame = pd.read_parquet(Path(path), engine="pyarrow")
+    """Read a frame written by `write_prepared`; ids come back as strings.
+
+    Raises:
+        MissingFileError: `path` does not exist.
+        UserError: `path` is not a readable parquet table with an ``id`` column.
+    """
+    path = Path(path)
+    try:
+        frame = pd.read_parquet(path, engine="pyarrow")
+    except FileNotFoundError:
+        raise MissingFileError("prepared table does not exist", path=path,
+                               fix="run `mtbert prepare`") from None
+    except (OSError, pa.ArrowException) as err:
+        reason = f"not a readable parquet table ({type(err).__name__}: {err})"
+        raise UserError(reason, path=path, fix="run `mtbert prepare` again") from None
+    if "id" not in frame.columns:
+        raise UserError("prepared table has no 'id' column", path=path, field="id",
+                        fix="run `mtbert prepare` again")
     frame["id"] = frame["id"].astype(str)
     return frame
 

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from mtbert.batching import TokenizedTask, collate, make_batches
+from mtbert.fileio import atomic_write_text
 from mtbert.metrics import accuracy, confusion_matrix, overall_score, pearson, spearman
 from mtbert.model.multitask import MultitaskBert
 
@@ -34,12 +35,22 @@ class TaskPredictions:
     scores: np.ndarray
 
 
-@torch.inference_mode()
 def predict(model: MultitaskBert, data: TokenizedTask, batch_size: int,
             precision: str = "fp32", on_batch: RowHook | None = None) -> TaskPredictions:
     """Run the model over every row of `data` in length-sorted batches; return rows in order.
 
     `on_batch`, if given, is called after each batch with the number of rows it held.
+    """
+    return _to_predictions(data.task, raw_outputs(model, data, batch_size, precision, on_batch))
+
+
+@torch.inference_mode()
+def raw_outputs(model: MultitaskBert, data: TokenizedTask, batch_size: int,
+                precision: str = "fp32", on_batch: RowHook | None = None) -> np.ndarray:
+    """The head outputs of every row of `data` in row order, in eval mode without grad.
+
+    Returns:
+        float32 (N, 5) sst logits, (N, 1) para logits or (N, 1) sts scores (unclipped).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -56,7 +67,7 @@ def predict(model: MultitaskBert, data: TokenizedTask, batch_size: int,
         outputs[rows] = out.reshape(len(rows), -1).cpu().numpy()
         if on_batch is not None:
             on_batch(len(rows))
-    return _to_predictions(data.task, outputs)
+    return outputs
 
 
 def _to_predictions(task: str, outputs: np.ndarray) -> TaskPredictions:
@@ -100,9 +111,6 @@ PREDICTION_HEADERS = {
 
 def write_course_predictions(path: str | Path, ids: pd.Series, pred: TaskPredictions) -> Path:
     """Write predictions in the course's output format (`id \t Predicted_X` header, `id , value`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"id \t {PREDICTION_HEADERS[pred.task]} \n"]
     lines += [f"{i} , {v} \n" for i, v in zip(ids.tolist(), pred.labels.tolist())]
-    path.write_text("".join(lines))
-    return path
+    return atomic_write_text(path, "".join(lines))

@@ -8,11 +8,14 @@ on GPU.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+from mtbert.config import TrainConfig
 
 OPTIMIZERS: tuple[str, ...] = ("mtbert", "torch")
 LR_SCHEDULES: tuple[str, ...] = ("linear", "constant", "cosine")
@@ -196,6 +199,53 @@ def parameter_groups(model: nn.Module, weight_decay: float,
             groups.setdefault(key, []).append(param)
     return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
             for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
+
+
+ENCODER_PREFIX = "encoder."  # MultitaskBert's encoder; every other parameter belongs to a head
+_LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """Depth of an encoder parameter (its name inside `BertModel`) for layer-wise lr decay.
+
+    Embeddings are at depth 0, `encoder.layer.<i>` at i + 1, and the pooler, which sits on top of
+    the last layer, at `num_layers` + 1 (as ELECTRA's task-specific parameters).
+
+    Raises:
+        ValueError: for a name that is none of these, or a layer index >= `num_layers`.
+    """
+    if name.startswith("embeddings."):
+        return 0
+    if name.startswith("pooler."):
+        return num_layers + 1
+    match = _LAYER.match(name)
+    if match is None or int(match.group(1)) >= num_layers:
+        raise ValueError(f"{name!r} is not an embedding, layer (< {num_layers}) or pooler parameter")
+    return int(match.group(1)) + 1
+
+
+def lr_scale_fn(num_layers: int, cfg: TrainConfig) -> Callable[[str], float]:
+    """Learning-rate multiplier by `MultitaskBert` parameter name, for `build_optimizer(lr_scale=)`.
+
+    Heads (names outside `encoder.`) train at `cfg.head_lr_scale`. With layer-wise decay d =
+    `cfg.layer_decay` (BAM! and ELECTRA use 0.9 and 0.8), encoder layer i of L (0-based) trains at
+    d ** (L - i), the embeddings at d ** (L + 1) and the pooler at 1: the lower a layer, the more
+    general its features and the less it should move. d = 1 gives every encoder parameter 1.0.
+
+    Args:
+        num_layers: L, the encoder's `num_hidden_layers`.
+        cfg: the train section (head_lr_scale, layer_decay).
+
+    Returns:
+        name -> multiplier; it raises ValueError for an encoder name it cannot place.
+    """
+    def scale(name: str) -> float:
+        if not name.startswith(ENCODER_PREFIX):
+            return cfg.head_lr_scale
+        depth = layer_depth(name[len(ENCODER_PREFIX):], num_layers)
+        return cfg.layer_decay ** (num_layers + 1 - depth)
+
+    return scale
 
 
 def build_optimizer(

@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mtbert.fileio import atomic_write  # noqa: E402
+
 SST_CLASSES = ("neg", "some neg", "neutral", "some pos", "pos")
 
 
@@ -27,9 +29,7 @@ def confusion_png(counts: np.ndarray, path: str | Path, title: str = "SST dev co
         ax.text(j, i, str(value), ha="center", va="center",
                 color="white" if value > counts.max() / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def scatter_png(pred: np.ndarray, gold: np.ndarray, pearson_r: float, spearman_r: float,
@@ -42,9 +42,7 @@ def scatter_png(pred: np.ndarray, gold: np.ndarray, pearson_r: float, spearman_r
     ax.set_ylabel("predicted similarity")
     ax.set_title(f"STS dev: Pearson {pearson_r:.3f}, Spearman {spearman_r:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def learning_curve_png(steps: dict[str, np.ndarray], losses: dict[str, np.ndarray], path: str | Path,
@@ -69,6 +67,12 @@ def learning_curve_png(steps: dict[str, np.ndarray], losses: dict[str, np.ndarra
     if steps:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write the figure as PNG atomically (a reader never sees half a plot) and close it."""
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)

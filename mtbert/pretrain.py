@@ -36,7 +36,7 @@ from mtbert.model.load_hf import (
 )
 from mtbert.model.mlm import MlmHead, mask_tokens, mlm_loss
 from mtbert.optim import build_optimizer, lr_at
-from mtbert.train import Callback, TrainState
+from mtbert.callbacks import Callback, FitContext, TrainState
 
 MLM_WARMUP_RATIO = 0.1  # linear warmup over the first 10% of the MLM steps, then linear decay
 MLM_META_FILE = "mlm.json"
@@ -149,6 +149,7 @@ def further_pretrain(encoder: BertModel, head: MlmHead, sequences: Sequence[Sequ
     warmup = int(MLM_WARMUP_RATIO * state.total_steps)
     generator = torch.Generator().manual_seed(seed)
     modules.train()
+    ctx = FitContext(modules, optimizer, state)
     for batches in plans:
         for rows in batches:
             lr = lr_at(state.global_step, state.total_steps, cfg.lr, warmup)
@@ -159,11 +160,11 @@ def further_pretrain(encoder: BertModel, head: MlmHead, sequences: Sequence[Sequ
             state.step_in_epoch += 1
             state.global_step += 1
             for cb in callbacks:
-                cb.on_step(state, {"mlm/loss": loss, "mlm/lr": lr})
+                cb.on_step(ctx, {"mlm/loss": loss, "mlm/lr": lr})
         state.epoch += 1
         state.step_in_epoch = 0
         for cb in callbacks:
-            cb.on_epoch_end(state)
+            cb.on_epoch_end(ctx)
     return state
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mtbert.batching import Batch, TokenizedTask, collate, make_batches
+from mtbert.callbacks import Callback, FitContext, TrainState
 from mtbert.config import TrainConfig
+from mtbert.distill import distill_loss, lam_at, mix
 from mtbert.losses import STS_MAX_SCORE, task_loss
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import lr_at
@@ -23,26 +24,6 @@ from mtbert.pcgrad import assign_flat_grad, flat_grads, pcgrad
 from mtbert.samplers import build_schedule
 from mtbert.smart import BregmanTeacher, bregman_divergence, smart_adversarial_loss
 from mtbert.tasks import TASKS
-
-
-@dataclass
-class TrainState:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    total_steps: int = 0
-
-
-class Callback:
-    """Hooks called by `fit`; subclasses override what they need."""
-
-    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-        """After each optimizer step; `metrics` holds the step's losses."""
-
-    def on_epoch_end(self, state: TrainState) -> None:
-        """After each epoch (state.epoch already counts it)."""
 
 
 def _seed_for(*parts: int) -> int:
@@ -55,11 +36,14 @@ def _seed_for(*parts: int) -> int:
 
 def epoch_plan(data: dict[str, TokenizedTask], cfg: TrainConfig, seed: int,
                epoch: int) -> tuple[list[tuple[str, ...]], dict[str, list[list[int]]]]:
-    """The task schedule and the per-task batches (row positions) of one epoch."""
+    """The task schedule and the per-task batches (row positions) of one epoch.
+
+    Only the tasks of `cfg.tasks` (`train.tasks`) that `data` holds are planned.
+    """
     batches = {
         task: make_batches(d.lengths(), cfg.batch_size, max_tokens=cfg.max_tokens, shuffle=True,
                            bucket=cfg.bucket, seed=_seed_for(seed, epoch, TASKS.index(task)))
-        for task, d in data.items()
+        for task, d in data.items() if task in cfg.tasks
     }
     schedule = build_schedule(cfg.sampler, {t: len(b) for t, b in batches.items()}, epoch,
                               cfg.epochs, seed, alpha_start=cfg.alpha_start, alpha_end=cfg.alpha_end)
@@ -87,12 +71,15 @@ def make_teacher(model: MultitaskBert, cfg: TrainConfig) -> BregmanTeacher | Non
 
 
 def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig,
-               metrics: dict[str, float] | None = None, teacher: BregmanTeacher | None = None) -> Tensor:
+               metrics: dict[str, float] | None = None, teacher: BregmanTeacher | None = None,
+               distill_lam: float | None = None) -> Tensor:
     """The task loss of one batch (plus the SMART terms when enabled), unscaled.
 
     With SMART, the adversarial term is added, and with a `teacher` (and `train.smart.bregman_weight`
     > 0) the Bregman proximal term too. If `metrics` is given, they are recorded in it as
-    `train/<task>/smart` and `train/<task>/bregman`.
+    `train/<task>/smart` and `train/<task>/bregman`. With `distill_lam` (from `distill_lam_at`) and
+    the batch's task in `train.distill.tasks`, the task loss is BAM!'s lam * distill + (1 - lam) *
+    gold against the batch's teacher `targets` (recorded as `train/<task>/gold` and `.../distill`).
     """
     device = batch.enc.input_ids.device
     # Taken before the forward: the teacher replays its dropout masks.
@@ -104,6 +91,8 @@ def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig,
             # The cosine head scores 5 cos(u, v) on the 0..5 scale; the Sentence-BERT loss wants cos.
             pred = pred / STS_MAX_SCORE
         loss = task_loss(batch.task, pred, batch.labels, sts_loss_kind=cfg.sts_loss)
+        if distill_lam is not None and batch.task in cfg.distill.tasks:
+            loss = _distilled(batch, pred, loss, cfg, distill_lam, metrics)
         if cfg.smart.enabled:
             smart = _smart_term(model, batch, out, cfg)
             if metrics is not None:
@@ -115,6 +104,26 @@ def batch_loss(model: MultitaskBert, batch: Batch, cfg: TrainConfig,
                 metrics[f"train/{batch.task}/bregman"] = term.item()
             loss = loss + cfg.smart.bregman_weight * term
     return loss
+
+
+def distill_lam_at(cfg: TrainConfig, state: TrainState) -> float | None:
+    """The teacher weight lam of the step `state` is at, or None when distillation is off."""
+    if not cfg.distill.enabled:
+        return None
+    return lam_at(state.global_step, state.total_steps, cfg.distill.schedule, cfg.distill.lam)
+
+
+def _distilled(batch: Batch, pred: Tensor, gold: Tensor, cfg: TrainConfig, lam: float,
+               metrics: dict[str, float] | None) -> Tensor:
+    """lam * distill + (1 - lam) * gold for a batch that carries teacher targets."""
+    if batch.targets is None:
+        raise ValueError(f"train.distill covers {batch.task!r} but its batch has no teacher targets "
+                         "(set them with mtbert.distill.with_targets)")
+    distill = distill_loss(batch.task, pred, batch.targets, cfg.distill.temperature, cfg.sts_loss)
+    if metrics is not None:
+        metrics[f"train/{batch.task}/gold"] = gold.item()
+        metrics[f"train/{batch.task}/distill"] = distill.item()
+    return mix(gold, distill, lam)
 
 
 RngState = tuple[Tensor, Tensor | None]
@@ -177,13 +186,15 @@ def _smart_term(model: MultitaskBert, batch: Batch, clean: Tensor, cfg: TrainCon
 
 
 def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.optim.Optimizer,
-               cfg: TrainConfig, step_seed: int, teacher: BregmanTeacher | None = None) -> dict[str, float]:
+               cfg: TrainConfig, step_seed: int, teacher: BregmanTeacher | None = None,
+               distill_lam: float | None = None) -> dict[str, float]:
     """One optimizer step over one batch per task in `batches`; returns the step's metrics.
 
     Each task's loss is back-propagated as soon as it is computed, so only one task's activations
     are alive at a time. With PCGrad the per-task gradients are kept apart and combined by
     gradient surgery instead of summed. A SMART `teacher` (see `make_teacher`) adds the Bregman
-    proximal term and is moved toward the new weights after the optimizer step.
+    proximal term and is moved toward the new weights after the optimizer step. `distill_lam`
+    mixes in the teacher targets (see `batch_loss`).
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -191,7 +202,7 @@ def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.
     task_grads: list[Tensor] = []
     surgery = cfg.pcgrad and len(batches) > 1
     for batch in batches:
-        loss = batch_loss(model, batch, cfg, metrics, teacher)
+        loss = batch_loss(model, batch, cfg, metrics, teacher, distill_lam)
         (cfg.loss_scale.get(batch.task) * loss).backward()
         metrics[f"train/{batch.task}/loss"] = loss.item()
         if surgery:
@@ -229,6 +240,18 @@ def _teacher_for(model: MultitaskBert, cfg: TrainConfig, state: TrainState | Non
     return make_teacher(model, cfg)
 
 
+def _check_data(data: dict[str, TokenizedTask], cfg: TrainConfig) -> None:
+    """Raise ValueError when no task of `train.tasks` has data, or a distilled task lacks targets."""
+    trained = [task for task in data if task in cfg.tasks]
+    if not trained:
+        raise ValueError(f"no training data for train.tasks {list(cfg.tasks)}; data has {list(data)}")
+    if cfg.distill.enabled:
+        missing = [t for t in trained if t in cfg.distill.tasks and data[t].targets is None]
+        if missing:
+            raise ValueError(f"train.distill covers {missing} but their rows have no teacher targets "
+                             "(set them with mtbert.distill.with_targets)")
+
+
 def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.optim.Optimizer,
         cfg: TrainConfig, seed: int, state: TrainState | None = None,
         callbacks: Sequence[Callback] = (), teacher: BregmanTeacher | None = None) -> TrainState:
@@ -236,7 +259,8 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
 
     Args:
         model: the multitask model, already on its device.
-        data: tokenized training rows per task (tasks absent from the dict are not trained).
+        data: tokenized training rows per task; the tasks of `cfg.tasks` among them are trained.
+            With `cfg.distill` on, each distilled task's rows need teacher `targets`.
         optimizer: built over `model`'s parameters; its lr is set every step from the schedule.
         cfg: the train section of the config.
         seed: run seed; with the epoch it fixes the batches and the task schedule.
@@ -245,10 +269,12 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
         teacher: SMART's EMA teacher (`make_teacher`), restored with `state` when resuming; None
             with the Bregman term on starts one from `model` (only when not resuming).
     """
+    _check_data(data, cfg)
     device = next(model.parameters()).device
     teacher = _teacher_for(model, cfg, state, teacher)
     state = state or TrainState(total_steps=total_steps(data, cfg, seed))
     warmup = int(cfg.warmup_ratio * state.total_steps)
+    ctx = FitContext(model, optimizer, state, teacher)
     while state.epoch < cfg.epochs:
         schedule, batches = epoch_plan(data, cfg, seed, state.epoch)
         cursor = _cursors(schedule, state.step_in_epoch)
@@ -261,15 +287,18 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
                 rows = batches[task][cursor[task] % len(batches[task])]
                 cursor[task] += 1
                 step_batches.append(collate(data[task], rows).to(device))
+            lam = distill_lam_at(cfg, state)
             metrics = train_step(model, step_batches, optimizer, cfg, _seed_for(seed, state.global_step),
-                                 teacher)
+                                 teacher, lam)
             metrics["train/lr"] = lr
+            if lam is not None:
+                metrics["train/distill_lam"] = lam
             state.step_in_epoch += 1
             state.global_step += 1
             for cb in callbacks:
-                cb.on_step(state, metrics)
+                cb.on_step(ctx, metrics)
         state.epoch += 1
         state.step_in_epoch = 0
         for cb in callbacks:
-            cb.on_epoch_end(state)
+            cb.on_epoch_end(ctx)
     return state

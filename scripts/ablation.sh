@@ -25,7 +25,7 @@ read -r -a SETS <<< "${SETS:-main samplers}"
 todo=("$@")
 if [ ${#todo[@]} -eq 0 ]; then
   mapfile -t todo < <(python -c "
-from mtbert.ablation import load_sets
+from mtbert.pipeline.ablation import load_sets
 sets = load_sets('$FILE')
 for name in '${SETS[*]}'.split():
     for v in sets[name].variants:
@@ -33,7 +33,7 @@ for name in '${SETS[*]}'.split():
 fi
 # Each set's profile, read once: PROFILES="main=quick samplers=quick ..."
 PROFILES=$(python -c "
-from mtbert.ablation import load_sets
+from mtbert.pipeline.ablation import load_sets
 print(' '.join(f'{name}={s.profile}' for name, s in load_sets('$FILE').items()))")
 export PROFILES
 profile_of() {  # set name -> its profile

@@ -27,6 +27,21 @@ for _key, _value in _OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mtbert-prefect-"))
 
+# Fixtures that run the real command line in a subprocess: a test using one is an integration test.
+SUBPROCESS_FIXTURES = {"prepared_project", "trained_project", "tracked_project", "mlflow_server",
+                       "project", "prefect_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The layers of the tests: everything under tests/integration/, and every test that uses a
+    subprocess fixture, is `integration` (real servers, the real CLI); the rest are unit tests,
+    the default run (`pytest`); `.ci/run` runs both."""
+    integration_dir = REPO_ROOT / "tests" / "integration"
+    for item in items:
+        in_dir = integration_dir in Path(str(item.fspath)).parents
+        if in_dir or SUBPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

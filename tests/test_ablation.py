@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mtbert.ablation import (
+from mtbert.pipeline.ablation import (
     AblationSet,
     Variant,
     check_profile,
@@ -38,8 +38,8 @@ def test_the_repository_sets_resolve_against_params_yaml() -> None:
         base = load_config(REPO_ROOT / "params.yaml", [f"profile={ablation.profile}"])
         check_profile(base, ablation)
         for variant in ablation.variants:  # every override is a valid config
-            cfg = variant_config(base, variant, Path("artifacts/ablation") / ablation.name / variant.name)
-            assert cfg.train.out_dir.endswith(f"{ablation.name}/{variant.name}/model")
+            cfg = variant_config(base, variant, Path("artifacts/ablation") / ablation.name)
+            assert cfg.train.out_dir.endswith(f"{ablation.name}/{variant.folder()}/model")
             assert not cfg.eval.predict_test
     main = {v.name: v for v in sets["main"].variants}
     base = load_config(REPO_ROOT / "params.yaml", ["profile=ablation"])
@@ -144,7 +144,7 @@ def test_configs_are_typed(tmp_path: Path) -> None:
     ablation = load_sets(path)["a"]
     cfg = variant_config(load_config(REPO_ROOT / "params.yaml", ["profile=tiny"]), ablation.variants[0],
                          tmp_path)
-    assert isinstance(cfg, Config) and cfg.seed == 5 and cfg.train.out_dir == str(tmp_path / "model")
+    assert isinstance(cfg, Config) and cfg.seed == 5 and cfg.train.out_dir == str(tmp_path / "x" / "model")
 
 
 def test_stored_results_survive_new_options_only_at_their_defaults() -> None:

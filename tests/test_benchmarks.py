@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Each benchmark runs in its own process: integration tests (`pytest -m integration`).
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("ours", "peer", "unit", "ratio", "setup")
 # memory runs the real `mtbert train` CLI plus two training processes: about a minute.

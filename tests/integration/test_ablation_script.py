@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from mtbert.tracking import load_run_id
+from mtbert.pipeline.tracking import load_run_id
 from tests.conftest import REPO_ROOT
 
 

@@ -85,3 +85,35 @@ def test_push_pull_round_trip_and_incremental_repro(dvc_repo: Path) -> None:
     prepared = [p for p in before if p.startswith("artifacts/prepared/")]
     assert all(after[p] == before[p] for p in prepared)
     assert after["artifacts/augmented/sst-train.parquet"] != before["artifacts/augmented/sst-train.parquet"]
+
+
+def _edit_function(path: Path, function: str) -> str:
+    """Add a statement to the body of `function` in `path` (a real code change); returns the old text."""
+    old = path.read_text()
+    head = f"\ndef {function}("
+    start = old.index(head)
+    body = old.index('"""\n', old.index('"""', start) + 3) + 4  # after the docstring
+    path.write_text(old[:body] + "    _edited = True  # a change dvc must see\n" + old[body:])
+    return old
+
+
+def _changed_stages(root: Path) -> set[str]:
+    import json
+
+    status = json.loads(_dvc(root, "status", "--json").strip().splitlines()[-1] or "{}")
+    return {name for name in status if not name.endswith(".dvc")}
+
+
+def test_editing_the_code_a_stage_runs_marks_that_stage_changed(dvc_repo: Path) -> None:
+    root = dvc_repo
+    _dvc(root, "repro")  # the whole tiny pipeline, so that dvc.lock records every stage
+    assert _changed_stages(root) == set()
+
+    stages = root / "mtbert" / "pipeline" / "stages"
+    for path, function, stage in ((stages / "train.py", "train_model", "train"),
+                                  (stages / "evaluate.py", "evaluate_model", "evaluate"),
+                                  (root / "mtbert" / "losses.py", "task_loss", "train")):
+        old = _edit_function(path, function)
+        assert _changed_stages(root) == {stage}, f"editing {function} in {path.name}"
+        path.write_text(old)
+        assert _changed_stages(root) == set()

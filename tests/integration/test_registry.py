@@ -3,7 +3,7 @@
 Version 1 is registered by the real `mtbert register` CLI with the real dev metrics of the tiny
 model (`mtbert evaluate`). Versions 2 and 3 register the same model with `dev/overall` set by
 this test (real value - 0.1, then + 0.1) in the metrics file, to exercise both branches of the
-comparison; they go through `stages.register`, the function the Prefect flow calls.
+comparison; they go through `mtbert.pipeline.stages.register.run`, the function the Prefect flow calls.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ def _write_metrics(project: TrackedProject, overall: float) -> None:
 
 
 def _register_in_process(project: TrackedProject, overall: float):
-    from mtbert import stages
+    from mtbert.pipeline.stages import register
     from mtbert.config import load_config
 
     _write_metrics(project, overall)
     with mlflow_in_process(project.tracking_uri, cwd=project.root):
-        return stages.register(load_config("params.yaml"))
+        return register.run(load_config("params.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,8 @@ def test_model_logged_once_and_shared_by_versions(history: History, client: Mlfl
 
 
 def _local_predictions(root: Path, rows: pd.DataFrame) -> pd.DataFrame:
-    from mtbert.serving import predict_rows
-    from mtbert.stages import load_trained
+    from mtbert.model.trained import load_trained
+    from mtbert.pipeline.serving import predict_rows
 
     model, tokenizer, cfg = load_trained(root / "artifacts" / "model")
     return predict_rows(model, tokenizer, cfg.model.pair_encoding, cfg.model.max_length, rows)

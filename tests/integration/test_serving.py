@@ -97,8 +97,8 @@ def split(rows: list[list], columns: list[str] = COLUMNS) -> dict:
 
 def test_valid_request_gets_the_trained_models_predictions(served: Served,
                                                            tracked_project: TrackedProject) -> None:
-    from mtbert.serving import predict_rows
-    from mtbert.stages import load_trained
+    from mtbert.model.trained import load_trained
+    from mtbert.pipeline.serving import predict_rows
 
     status, body = post(served.url, split(GOOD_ROWS))
     assert status == 200, body

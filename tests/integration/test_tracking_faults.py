@@ -112,6 +112,13 @@ class Outage:
     model: dict = field(default_factory=dict)  # the first train's saved model: tensors, steps
 
 
+def _at(step: int):
+    """What `fit` hands a callback at `step` (the callback under test reads only the step)."""
+    from mtbert.train import FitContext, TrainState
+
+    return FitContext(model=None, optimizer=None, state=TrainState(global_step=step))
+
+
 def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
     start = time.monotonic()
     while not predicate():
@@ -124,24 +131,22 @@ def _side_run_before_kill(server: Server, tmp: Path):
     """An in-process MlflowCallback with its own run: 5 steps logged while the server is up."""
     from mlflow import MlflowClient
 
-    from mtbert.tracking import MlflowCallback
-    from mtbert.train import TrainState
+    from mtbert.pipeline.tracking import MlflowCallback
 
     client = MlflowClient(tracking_uri=server.uri)
     run_id = client.create_run(client.get_experiment_by_name("mtbert").experiment_id).info.run_id
     with mlflow_in_process(server.uri):
         cb = MlflowCallback(run_id, every=5, fallback_path=tmp / "side-unsent.jsonl", retry_s=0)
         for step in range(1, 6):
-            cb.on_step(TrainState(global_step=step), {"side/x": float(step)})
+            cb.on_step(_at(step), {"side/x": float(step)})
     return cb, run_id
 
 
 def _side_steps(cb, first: int, last: int) -> float:
-    from mtbert.train import TrainState
 
     start = time.monotonic()
     for step in range(first, last + 1):
-        cb.on_step(TrainState(global_step=step), {"side/x": float(step)})
+        cb.on_step(_at(step), {"side/x": float(step)})
     return time.monotonic() - start
 
 
@@ -234,8 +239,8 @@ def test_training_finishes_and_saves_the_model_without_the_server(outage: Outage
 def test_user_is_told_where_the_unsent_metrics_are(outage: Outage) -> None:
     err = outage.train.stderr
     assert "WARNING mtbert: MLflow unreachable while training" in err
-    assert (f"metric values of run {outage.run_id} written to {UNSENT}; the next `mtbert train` "
-            "sends them") in err
+    assert (f"metric values of run {outage.run_id} written to {UNSENT}; the next tracked run "
+            "(any mtbert command that trains or evaluates) sends them") in err
     assert f"could not mark MLflow run {outage.run_id} FINISHED" in err
 
 
@@ -269,7 +274,7 @@ def test_callback_buffers_fast_and_sends_when_the_server_returns(outage: Outage)
 
 
 def test_bounded_http_restores_the_environment(monkeypatch) -> None:
-    from mtbert.tracking import bounded_http
+    from mtbert.pipeline.tracking import bounded_http
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
@@ -282,15 +287,14 @@ def test_bounded_http_restores_the_environment(monkeypatch) -> None:
 
 def test_dead_server_costs_milliseconds_per_flush(caplog) -> None:
     """Without a server at all: the callback's flush fails fast, warns once and keeps the metrics."""
-    from mtbert.tracking import MlflowCallback
-    from mtbert.train import TrainState
+    from mtbert.pipeline.tracking import MlflowCallback
 
     uri = f"http://127.0.0.1:{free_port()}"
     with mlflow_in_process(uri), caplog.at_level(logging.WARNING, logger="mtbert"):
         cb = MlflowCallback("0" * 32, every=1, retry_s=0)
         start = time.monotonic()
         for step in range(1, 4):
-            cb.on_step(TrainState(global_step=step), {"a": 1.0, "b": 2.0})
+            cb.on_step(_at(step), {"a": 1.0, "b": 2.0})
         elapsed = time.monotonic() - start
     assert elapsed < 10 and len(cb.pending) == 6
     assert caplog.text.count("MLflow unreachable while training") == 1

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mtbert import tuning
+from mtbert.pipeline import tuning
 from mtbert.config import Config, load_config
 from tests.conftest import run_cli
 from tests.integration.conftest import mlflow_env, start_process_group, stop_process_group

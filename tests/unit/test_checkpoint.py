@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtbert import stages
+from mtbert.model.trained import load_trained
+from mtbert.pipeline.project import checkpoint_dir
+from mtbert.pipeline.stages import train as train_stage
 from mtbert.checkpoint import (
     CHECKPOINT_FILE,
     META_FILE,
@@ -26,7 +28,7 @@ from mtbert.checkpoint import (
     read_model_files,
     save_checkpoint,
 )
-from mtbert.config import Config, to_dict, with_overrides
+from mtbert.config import Config, flatten, to_dict, with_overrides
 from mtbert.smart import BregmanTeacher
 from mtbert.train import TrainState
 
@@ -183,12 +185,20 @@ def test_crafted_pickle_checkpoint_is_refused_without_running_code(tmp_path: Pat
 
 
 # ---------------------------------------------------------------------------------------------
-# Resuming (stages._maybe_resume): same config resumes, other config starts fresh, bad file refused
+# Resuming (the train stage's _maybe_resume): same run resumes, runtime settings don't matter,
+# another run or a bad file is refused and kept
+
+
+def _current(cfg: Config, rows: str = "rows-1") -> dict:
+    """A run's fingerprint as the train stage builds it, with a stand-in digest of its rows."""
+    keys = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k.startswith(train_stage.RESULT_KEYS) and k not in train_stage.RUNTIME_KEYS}
+    return {"config": keys, "data": rows, "code": "test"}
 
 
 def _resume_setup(tmp_path: Path, monkeypatch, config: Config) -> Path:
     monkeypatch.chdir(tmp_path)
-    ckpt = stages.checkpoint_dir(config) / CHECKPOINT_FILE
+    ckpt = checkpoint_dir(config) / CHECKPOINT_FILE
     _checkpoint(ckpt, to_dict(config))
     return ckpt
 
@@ -200,7 +210,7 @@ def test_resume_with_the_same_config_restores_everything(tmp_path: Path, monkeyp
     model = torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.Dropout(0.3), torch.nn.Linear(13, 5))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(999)
-    state = stages._maybe_resume(cfg, model, optimizer)
+    state = train_stage._maybe_resume(cfg, model, optimizer, _current(cfg))
     assert state == TrainState(epoch=1, step_in_epoch=3, global_step=9, total_steps=20)
     assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"],
@@ -211,7 +221,7 @@ def test_resume_with_the_same_config_restores_everything(tmp_path: Path, monkeyp
 def test_resume_restores_smart_teacher_exactly_and_needs_it(tmp_path: Path, monkeypatch) -> None:
     cfg = with_overrides(Config(), {"train.smart.enabled": True})
     monkeypatch.chdir(tmp_path)
-    ckpt = stages.checkpoint_dir(cfg) / CHECKPOINT_FILE
+    ckpt = checkpoint_dir(cfg) / CHECKPOINT_FILE
     model, optimizer = _tiny()
     teacher = BregmanTeacher(model, 0.5)
     optimizer.step()  # move the model, so the teacher differs from it
@@ -222,7 +232,7 @@ def test_resume_restores_smart_teacher_exactly_and_needs_it(tmp_path: Path, monk
     fresh, fresh_opt = _tiny()
     fresh_teacher = BregmanTeacher(torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.Dropout(0.3),
                                                        torch.nn.Linear(13, 5)), 0.5)
-    assert stages._maybe_resume(cfg, fresh, fresh_opt, fresh_teacher) == TrainState(global_step=2)
+    assert train_stage._maybe_resume(cfg, fresh, fresh_opt, _current(cfg), fresh_teacher) == TrainState(global_step=2)
     for key, value in teacher.module.state_dict().items():
         assert torch.equal(fresh_teacher.module.state_dict()[key], value)
     assert not torch.equal(teacher.module[0].weight, model[0].weight)
@@ -230,20 +240,45 @@ def test_resume_restores_smart_teacher_exactly_and_needs_it(tmp_path: Path, monk
     save_checkpoint(ckpt, model=model, optimizer=optimizer, state=TrainState(global_step=2),
                     config=to_dict(cfg))
     with pytest.raises(CheckpointError, match=r"does not match this model \(KeyError: 'bregman_teacher'"):
-        stages._maybe_resume(cfg, fresh, fresh_opt, fresh_teacher)
+        train_stage._maybe_resume(cfg, fresh, fresh_opt, _current(cfg), fresh_teacher)
 
 
-def test_resume_with_another_config_starts_fresh_with_a_warning(tmp_path: Path, monkeypatch,
-                                                                caplog) -> None:
+def test_resume_with_another_config_is_refused_and_the_checkpoint_kept(tmp_path: Path,
+                                                                       monkeypatch) -> None:
     cfg = Config()
-    _resume_setup(tmp_path, monkeypatch, cfg)
+    ckpt = _resume_setup(tmp_path, monkeypatch, cfg)
+    before_bytes = ckpt.read_bytes()
     other = with_overrides(cfg, {"train.lr": 1e-4, "train.sampler": "annealed"})
     model, optimizer = _tiny()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with caplog.at_level(logging.WARNING, logger="mtbert"):
-        assert stages._maybe_resume(other, model, optimizer) is None
-    assert "written with a different config (train.lr, train.sampler); starting fresh" in caplog.text
+    with pytest.raises(train_stage.ResumeRefused,
+                       match=r"settings changed: train.lr 5e-05 -> 0.0001, train.sampler 'round_robin' "
+                             r"-> 'annealed'.*It is kept.*--no-resume"):
+        train_stage._maybe_resume(other, model, optimizer, _current(other))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert ckpt.read_bytes() == before_bytes
+
+
+def test_runtime_settings_never_block_a_resume(tmp_path: Path, monkeypatch) -> None:
+    cfg = Config()
+    _resume_setup(tmp_path, monkeypatch, cfg)
+    runtime = with_overrides(cfg, {"train.threads": 1, "train.checkpoint_every": 7,
+                                   "train.device": "cpu", "eval.batch_size": 3, "tune.n_trials": 2,
+                                   "register.model_name": "other"})
+    model, optimizer = _tiny()
+    assert train_stage._maybe_resume(runtime, model, optimizer, _current(runtime)) is not None
+
+
+def test_resume_after_the_training_rows_changed_is_refused(tmp_path: Path, monkeypatch) -> None:
+    cfg = Config()
+    monkeypatch.chdir(tmp_path)
+    ckpt = checkpoint_dir(cfg) / CHECKPOINT_FILE
+    model, optimizer = _tiny()
+    save_checkpoint(ckpt, model=model, optimizer=optimizer, state=TrainState(global_step=2),
+                    config=to_dict(cfg), extra={train_stage.FINGERPRINT_KEY: _current(cfg, "rows-1")})
+    assert train_stage._maybe_resume(cfg, model, optimizer, _current(cfg, "rows-1")) is not None
+    with pytest.raises(train_stage.ResumeRefused, match="the training rows changed"):
+        train_stage._maybe_resume(cfg, model, optimizer, _current(cfg, "relabelled"))
 
 
 def test_resume_refuses_a_truncated_checkpoint_and_says_how_to_start_fresh(tmp_path: Path,
@@ -253,7 +288,7 @@ def test_resume_refuses_a_truncated_checkpoint_and_says_how_to_start_fresh(tmp_p
     ckpt.write_bytes(ckpt.read_bytes()[:5000])
     model, optimizer = _tiny()
     with pytest.raises(CheckpointError, match=r"truncated.*start fresh with `mtbert train --no-resume`"):
-        stages._maybe_resume(cfg, model, optimizer)
+        train_stage._maybe_resume(cfg, model, optimizer, _current(cfg))
 
 
 def test_resume_refuses_a_crafted_pickle(tmp_path: Path, monkeypatch) -> None:
@@ -263,7 +298,7 @@ def test_resume_refuses_a_crafted_pickle(tmp_path: Path, monkeypatch) -> None:
     ckpt.write_bytes(pickle.dumps({"config": _Evil(marker)}))
     model, optimizer = _tiny()
     with pytest.raises(CheckpointError, match="--no-resume"):
-        stages._maybe_resume(cfg, model, optimizer)
+        train_stage._maybe_resume(cfg, model, optimizer, _current(cfg))
     assert not marker.exists()
 
 
@@ -274,7 +309,7 @@ def test_resume_refuses_a_checkpoint_of_another_model_shape(tmp_path: Path, monk
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with pytest.raises(CheckpointError,
                        match=r"(?s)does not match this model \(RuntimeError: .*size mismatch"):
-        stages._maybe_resume(cfg, model, optimizer)
+        train_stage._maybe_resume(cfg, model, optimizer, _current(cfg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +339,7 @@ def test_model_dir_with_pickled_weights_fails_clearly_without_running_code(tmp_p
                                               r"never unpickled"):
         read_model_files(out)
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
-        stages.load_trained(out)
+        load_trained(out)
     assert not marker.exists()
 
 

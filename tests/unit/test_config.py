@@ -150,7 +150,9 @@ def test_valid_values_survive_override_text(lr: float, dropout: float) -> None:
     (["train.epochs=0"], r"^train\.epochs: must be >= 1, got 0"),
     (["train.warmup_ratio=1"], r"^train\.warmup_ratio: 1\.0 is outside \[0\.0, 1\.0\)"),
     (["train.loss_scale.sts=-1"], r"^train\.loss_scale\.sts: must be >= 0"),
-    (["data.train_size.para=-5"], r"^data\.train_size\.para: must be >= 0, got -5"),
+    (["data.train_size.para=-5"], r"^data\.train_size\.para: must be >= 1, got -5"),
+    (["data.dev_size.sts=0"], r"^data\.dev_size\.sts: must be >= 1, got 0 \(use null for all rows\)"),
+    (["mlm.max_sentences=0"], r"^mlm\.max_sentences: must be >= 1, got 0"),
     (["train.checkpoint_every=-1"], r"^train\.checkpoint_every: must be >= 0, got -1"),
     (["profile=huge"], r"^profile: unknown profile 'huge'; defined profiles: .*full, quick, tiny"),
     (["model.pair_encoding=cross"], r"^model\.sts_head: 'cosine' .* needs model\.pair_encoding: bi"),
@@ -203,7 +205,7 @@ def test_override_parsing() -> None:
 def test_load_config_prefixes_the_file(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(PARAMS.read_text().replace("head_dropout: 0.1", "head_dropout: 1.2"))
-    with pytest.raises(ConfigError, match=r"params\.yaml: model\.head_dropout: 1\.2 is outside"):
+    with pytest.raises(ConfigError, match=r"params\.yaml:\d+: model\.head_dropout: 1\.2 is outside"):
         load_config(path)
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
@@ -220,7 +222,7 @@ def test_defaults_are_valid() -> None:
 
 @pytest.mark.parametrize(("override", "message"), [
     ("train.sampler=random", "train.sampler: 'random' is not valid; choose one of"),
-    ("model.pair_encoding=cross", "model.sts_head: 'cosine' compares two sentence embeddings"),
+    ("model.pair_encoding=cross", "model.sts_head: 'cosine' compares two sentence embeddings"),  # + line
     ("train.lr=[", "train.lr: cannot parse value"),
     ("profile=huge", "profile: unknown profile 'huge'"),
 ])
@@ -232,7 +234,7 @@ def test_cli_refuses_bad_config_before_training(prepared_project: Path, tmp_path
                           capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - start
     assert proc.returncode == 2, proc.stderr
-    assert f"mtbert: bad configuration: params.yaml: {message}" in proc.stderr
+    assert re.search(rf"mtbert: bad configuration: params\.yaml(:\d+)?: {re.escape(message)}", proc.stderr)
     assert "Traceback" not in proc.stderr
     # Nothing was started: no model, no checkpoint, no tracking store, no progress.
     assert not (root / "artifacts" / "model").exists()

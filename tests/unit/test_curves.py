@@ -15,7 +15,7 @@ from mtbert.model.bert import BertModel
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import build_optimizer
 from mtbert.plots import learning_curve_png
-from mtbert.train import Callback, TrainState, fit
+from mtbert.train import Callback, FitContext, TrainState, fit
 from tests.unit.test_progress import TINY
 
 EVERY = 3
@@ -38,20 +38,20 @@ class StateCheckpoint(Callback):
             raise Killed
         self.saved = dataclasses.replace(state)
 
-    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-        if state.global_step % self.every == 0:
-            self.save(state)
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        if ctx.state.global_step % self.every == 0:
+            self.save(ctx.state)
 
-    def on_epoch_end(self, state: TrainState) -> None:
-        self.save(state)
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        self.save(ctx.state)
 
 
 class KillAfter(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-        if state.global_step == self.step:
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        if ctx.state.global_step == self.step:
             raise Killed
 
 

@@ -8,7 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from mtbert.optim import LR_SCHEDULES, OPTIMIZERS, AdamW, build_optimizer, lr_at
+from mtbert.config import ModelConfig, TrainConfig
+from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.multitask import MultitaskBert
+from mtbert.optim import LR_SCHEDULES, OPTIMIZERS, AdamW, build_optimizer, lr_at, lr_scale_fn
 
 # Odd, distinct shapes so a transposed or broadcast update fails loudly; a scalar too.
 SHAPES = [(13, 7), (7,), (3, 5, 2), (1,), ()]
@@ -170,3 +173,56 @@ def test_lr_at_rejects_bad_arguments() -> None:
         lr_at(0, 10, 1e-3, 11)
     with pytest.raises(ValueError):
         lr_at(-1, 10, 1e-3, 1)
+
+
+# --- layer-wise learning-rate decay -------------------------------------------------------------
+
+def _tiny_bert(layers: int) -> BertModel:
+    return BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                                intermediate_size=37, max_position_embeddings=16))
+
+
+def _multitask_names() -> list[str]:
+    model = MultitaskBert(_tiny_bert(3), ModelConfig(pair_encoding="bi", shared_pair_layer=True))
+    return [name for name, _ in model.named_parameters()]
+
+
+def test_layer_decay_multipliers_by_parameter_name() -> None:
+    d, layers = 0.9, 3
+    scale = lr_scale_fn(layers, TrainConfig(layer_decay=d, head_lr_scale=20.0))
+    seen = {}
+    for name in _multitask_names():
+        if name.startswith("encoder.embeddings."):
+            expected = d ** (layers + 1)
+        elif name.startswith("encoder.encoder.layer."):
+            expected = d ** (layers - int(name.split(".")[3]))
+        elif name.startswith("encoder.pooler."):
+            expected = 1.0
+        else:  # sst_head, para_head, sts_head, shared_pair
+            expected = 20.0
+        assert scale(name) == pytest.approx(expected), name
+        seen[name.split(".")[0] if not name.startswith("encoder.") else name.split(".")[1]] = True
+    assert {"embeddings", "encoder", "pooler", "sst_head", "para_head", "shared_pair"} <= set(seen)
+    assert scale("encoder.encoder.layer.2.output.dense.weight") == pytest.approx(0.9)
+    assert scale("encoder.encoder.layer.0.attention.self.qkv.weight") == pytest.approx(0.9**3)
+    with pytest.raises(ValueError):
+        scale("encoder.encoder.layer.3.output.dense.weight")  # only layers 0..2
+    with pytest.raises(ValueError):
+        scale("encoder.mystery.weight")
+
+
+def test_layer_decay_1_is_the_head_scale_split_bit_for_bit() -> None:
+    cfg = TrainConfig(head_lr_scale=20.0)
+    old = (lambda name: 1.0 if name.startswith("encoder.") else cfg.head_lr_scale)  # stages' head_lr_scale
+    new = lr_scale_fn(3, cfg)
+    assert all(type(new(n)) is float and new(n) == old(n) for n in _multitask_names())
+
+
+def test_layer_decay_groups_reach_the_optimizer() -> None:
+    model = MultitaskBert(_tiny_bert(2), ModelConfig())
+    optimizer = build_optimizer(model, "mtbert", 1e-3, 0.01, lr_scale=lr_scale_fn(2, TrainConfig(layer_decay=0.5)))
+    scales = {group["lr_scale"] for group in optimizer.param_groups}
+    assert scales == {1.0, 0.5, 0.25, 0.125}  # heads and pooler, layer 1, layer 0, embeddings
+    by_param = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    assert by_param[id(model.encoder.embeddings.word_embeddings.weight)] == 0.125
+    assert by_param[id(model.encoder.encoder.layer[1].output.dense.weight)] == 0.5

@@ -16,7 +16,7 @@ from mtbert.config import MlmConfig, load_config
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.load_hf import bert_state_dict_to_hf, load_pretrained_bert, load_tokenizer
 from mtbert.model.mlm import IGNORE_INDEX, MlmHead
-from mtbert.train import Callback, TrainState
+from mtbert.train import Callback, FitContext
 
 TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=37, max_position_embeddings=16)
@@ -70,7 +70,7 @@ def test_mlm_loss_goes_down_on_a_small_set() -> None:
     losses: list[float] = []
 
     class Record(Callback):
-        def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
             losses.append(metrics["mlm/loss"])
 
     cfg = MlmConfig(epochs=8, batch_size=16, lr=1e-2, mask_prob=0.15)
@@ -154,13 +154,13 @@ def test_a_partial_mlm_head_is_an_error(tmp_path: Path) -> None:
 
 def test_pretrain_stage_writes_an_encoder_that_training_starts_from(prepared_project: Path,
                                                                     tmp_path: Path) -> None:
-    from mtbert import stages
+    from mtbert.pipeline.stages.pretrain_mlm import pretrain as pretrain_stage
     from mtbert.model.multitask import build_multitask
 
     cfg = load_config(prepared_project / "params.yaml", [
         f"data.prepared_dir={prepared_project / 'artifacts/prepared'}", "mlm.max_sentences=40",
         "mlm.batch_size=16", f"mlm.out_dir={tmp_path / 'mlm'}"])
-    stats = stages.pretrain_mlm(cfg)
+    stats = pretrain_stage(cfg)
     assert stats["mlm/steps"] == 3 and stats["mlm/sentences"] == 40
     assert stats["mlm/dev_loss_after"] < stats["mlm/dev_loss_before"]
     model = build_multitask(cfg.model, init_from=str(tmp_path / "mlm"))

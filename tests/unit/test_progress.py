@@ -15,7 +15,7 @@ from mtbert.config import ModelConfig
 from mtbert.evaluate import predict
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.multitask import MultitaskBert
-from mtbert.serving import predict_rows
+from mtbert.pipeline.serving import predict_rows
 
 TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=37, max_position_embeddings=16,
@@ -78,7 +78,7 @@ def test_predict_rows_hook_counts_sum_to_the_request_rows() -> None:
 
 
 def test_trial_bar_counts_trials_and_shows_the_best_value(capsys: pytest.CaptureFixture) -> None:
-    from mtbert.tuning import TrialProgress
+    from mtbert.pipeline.tuning import TrialProgress
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=5))
@@ -96,7 +96,7 @@ def test_trial_bar_counts_trials_and_shows_the_best_value(capsys: pytest.Capture
 
 
 def test_history_has_one_row_per_trial_and_a_running_best() -> None:
-    from mtbert.tuning import history_frame
+    from mtbert.pipeline.tuning import history_frame
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")

@@ -27,7 +27,7 @@ from mtbert.smart import (
     smart_adversarial_loss,
     symmetric_kl,
 )
-from mtbert.train import Callback, TrainState, _bregman_term, batch_loss, fit, make_teacher, train_step
+from mtbert.train import Callback, FitContext, TrainState, _bregman_term, batch_loss, fit, make_teacher, train_step
 
 B, T, H, C = 13, 7, 11, 5
 
@@ -314,18 +314,18 @@ def _tiny_data() -> dict[str, TokenizedTask]:
 
 
 class _Kill(Callback):
-    """Saves a checkpoint (with the teacher) at step `at`, then dies like a SIGKILL would."""
+    """Saves a checkpoint (with the teacher fit hands over) at step `at`, then dies like a SIGKILL."""
 
-    def __init__(self, at: int, path: Path | None, model: MultitaskBert,
-                 optimizer: torch.optim.Optimizer, teacher: BregmanTeacher) -> None:
-        self.at, self.path, self.model, self.optimizer, self.teacher = at, path, model, optimizer, teacher
+    def __init__(self, at: int, path: Path | None) -> None:
+        self.at, self.path = at, path
         self.seen: list[float] = []
 
-    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
         self.seen.append(sum(v for k, v in metrics.items() if k.endswith("/bregman")))
-        if state.global_step == self.at:
-            save_checkpoint(self.path, model=self.model, optimizer=self.optimizer, state=state,
-                            config={}, teacher=self.teacher.module)
+        if ctx.state.global_step == self.at:
+            assert ctx.teacher is not None
+            save_checkpoint(self.path, model=ctx.model, optimizer=ctx.optimizer, state=ctx.state,
+                            config={}, teacher=ctx.teacher.module)
             raise KeyboardInterrupt
 
 
@@ -334,7 +334,7 @@ def _run(cfg: TrainConfig, kill_at: int,
     model = _bert(1)
     optimizer = build_optimizer(model, "mtbert", 1e-3, 0.01)
     teacher = make_teacher(model, cfg)
-    killer = _Kill(kill_at, path, model, optimizer, teacher)
+    killer = _Kill(kill_at, path)
     torch.manual_seed(4)
     try:
         fit(model, _tiny_data(), optimizer, cfg, seed=3, callbacks=[killer], teacher=teacher)
@@ -369,7 +369,7 @@ def test_fit_makes_a_teacher_when_none_is_given() -> None:
         def __init__(self) -> None:
             self.terms: list[float] = []
 
-        def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
             self.terms += [v for k, v in metrics.items() if k.endswith("/bregman")]
 
     seen = Seen()

@@ -17,7 +17,7 @@ from mtbert.model.multitask import MultitaskBert, build_multitask
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.optim import build_optimizer
 from mtbert.pcgrad import flat_grads, pcgrad
-from mtbert.train import Callback, TrainState, batch_loss, fit, train_step
+from mtbert.train import Callback, FitContext, batch_loss, fit, train_step
 
 B, T = 5, 7
 TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -202,11 +202,11 @@ def test_fit_runs_the_planned_steps_and_calls_back() -> None:
             self.steps: list[int] = []
             self.epochs: list[int] = []
 
-        def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-            self.steps.append(state.global_step)
+        def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+            self.steps.append(ctx.state.global_step)
 
-        def on_epoch_end(self, state: TrainState) -> None:
-            self.epochs.append(state.epoch)
+        def on_epoch_end(self, ctx: FitContext) -> None:
+            self.epochs.append(ctx.state.epoch)
 
     g = torch.Generator().manual_seed(9)
     data = {task: TokenizedTask(task, [tuple(([1, *torch.randint(5, 99, (n,), generator=g).tolist(), 2],

@@ -9,7 +9,6 @@ provenance (data md5, git commit) are written as version tags, so the registry a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -24,9 +23,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from mtbert import tracking
 from mtbert.checkpoint import MODEL_FILE
 from mtbert.config import Config
+from mtbert.errors import UserError
+from mtbert.fileio import sha256_file
+from mtbert.pipeline import pyfunc, tracking
 
 log = logging.getLogger("mtbert")
 
@@ -37,7 +38,7 @@ PROVENANCE_TAGS = ("data_md5", "git_commit", "profile")
 COMPARE_METRICS = ("dev/overall", "dev/sst/accuracy", "dev/para/accuracy", "dev/sts/pearson")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError, RuntimeError):
     """Registration cannot proceed; the message says what to do."""
 
 
@@ -86,19 +87,9 @@ def _get_run(client: MlflowClient, run_id: str) -> mlflow.entities.Run:
             "MLFLOW_TRACKING_URI pointing at this one") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ensure_logged_model(cfg: Config, run: mlflow.entities.Run, model_dir: str | Path) -> str:
     """The run's pyfunc model URI; logs the model to the run first unless these weights already were."""
-    from mtbert import pyfunc
-
-    sha = _sha256(Path(model_dir) / MODEL_FILE)
+    sha = sha256_file(Path(model_dir) / MODEL_FILE)
     tags = run.data.tags
     if tags.get(MODEL_SHA_TAG) == sha and tags.get(MODEL_URI_TAG):
         return tags[MODEL_URI_TAG]
@@ -173,8 +164,8 @@ def decide(client: MlflowClient, cfg: Config, value: float) -> tuple[str, str, i
     return reg.challenger_alias, f"{PRIMARY_METRIC} {shown_new} <= {where} {shown_old}", number
 
 
-def register(cfg: Config, run_id: str, model_dir: str | Path,
-             metrics: dict[str, float]) -> RegistrationResult:
+def register(cfg: Config, run_id: str, model_dir: str | Path, metrics: dict[str, float],
+             sha: str | None = None) -> RegistrationResult:
     """Log (if needed) and register the model of `run_id` as a new version; promote or not.
 
     Args:
@@ -182,12 +173,17 @@ def register(cfg: Config, run_id: str, model_dir: str | Path,
         run_id: the MLflow run that trained the model (recorded in the model dir by `mtbert train`).
         model_dir: the trained model directory (`train.out_dir`).
         metrics: dev metrics of this model (`mtbert evaluate`); must hold `dev/overall`.
+        sha: the weights' sha256; if given, the run's own record of what it saved must match.
     """
     if PRIMARY_METRIC not in metrics:
         raise RegistryError(f"metrics have no {PRIMARY_METRIC!r} (keys: {sorted(metrics)}); "
                             "run `mtbert evaluate` first")
     client = connect()
     run = _get_run(client, run_id)
+    trained = run.data.tags.get(tracking.TRAINED_SHA_TAG)
+    if sha is not None and trained is not None and trained != sha:
+        raise RegistryError(f"run {run_id} saved other weights (sha256 {trained[:12]}...) than "
+                            f"{model_dir} holds ({sha[:12]}...); nothing registered")
     logged = run.data.metrics.get(PRIMARY_METRIC)
     if logged is not None and abs(logged - float(metrics[PRIMARY_METRIC])) > 1e-9:
         log.warning("registering with %s %.4f, but run %s logged %.4f (stale metrics file?)",

@@ -3,7 +3,7 @@
 The logged model carries the trained model directory (weights, `mtbert.json`, tokenizer files)
 as its artifact and this package's code, so `mlflow models serve` or `mlflow.pyfunc.load_model`
 need no checkout of the repository. Requests are tables of (task, sentence1, sentence2) rows;
-answers are (task, prediction, score) rows from `mtbert.serving.predict_rows`. A request the
+answers are (task, prediction, score) rows from `mtbert.pipeline.serving.predict_rows`. A request the
 model cannot answer raises `MlflowException(INVALID_PARAMETER_VALUE)`, which MLflow's scoring
 server turns into HTTP 400 with the reason in the body and no stack trace.
 """
@@ -22,13 +22,14 @@ from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 import mtbert
-from mtbert.serving import PredictionInputError, predict_rows
+from mtbert.model.trained import load_trained
+from mtbert.pipeline.serving import PredictionInputError, predict_rows
 
 MODEL_DIR_KEY = "model_dir"
 MODEL_NAME = "model"  # the logged model's name inside its run
 BATCH_SIZE = 64
 
-# What `mtbert.stages.load_trained` and `predict_rows` import at run time. Pinned to the versions
+# What `mtbert.model.trained.load_trained` and `predict_rows` import at run time. Pinned to the versions
 # installed now; torch without its local label (+cpu): install the CPU wheel index for a CPU build.
 RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
                     "numpy", "pandas", "scipy", "pyyaml", "matplotlib")
@@ -36,7 +37,7 @@ RUNTIME_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "huggi
 # Models from code (not a pickled object): the logged model rebuilds MtbertPyfunc from this script.
 MODEL_CODE = """from mlflow.models import set_model
 
-from mtbert.pyfunc import MtbertPyfunc
+from mtbert.pipeline.pyfunc import MtbertPyfunc
 
 set_model(MtbertPyfunc())
 """
@@ -53,8 +54,6 @@ class MtbertPyfunc(mlflow.pyfunc.PythonModel):
     """Multitask BERT behind MLflow's pyfunc interface; holds no weights until `load_context`."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from mtbert.stages import load_trained
-
         self.model, self.tokenizer, self.cfg = load_trained(context.artifacts[MODEL_DIR_KEY])
 
     def predict(self, context: Any, model_input: pd.DataFrame,

@@ -11,7 +11,7 @@ and trains from it (`train.init_from`); its wall time includes the pretraining.
 
 Tracking: one MLflow parent run per set (re-opened on resume) with a nested run per configuration.
 The results go to `OUT.md` (a table between markers, so prose around it survives a re-run) and
-`OUT.csv` (rows of other sets are kept). Edge module: it calls the stages and `mtbert.tracking`.
+`OUT.csv` (rows of other sets are kept). Edge module: it calls the stages' bodies and `tracking`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,23 @@ from typing import Any
 import mlflow
 import yaml
 
-from mtbert import stages, tracking
-from mtbert.checkpoint import atomic_write_text
 from mtbert.config import Config, ConfigError, flatten, parse_override, to_dict, with_overrides
+from mtbert.fileio import atomic_write_text
+from mtbert.pipeline import tracking
+from mtbert.pipeline.project import checkpoint_dir, unsent_path
+from mtbert.pipeline.stages.evaluate import evaluate_model
+from mtbert.pipeline.stages import teach
+from mtbert.pipeline.stages.pretrain_mlm import pretrain
+from mtbert.pipeline.stages.train import train_model
+from mtbert.tasks import TASKS
 
 RESULT_FILE = "result.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names become folder names
-SET_KEYS = {"profile", "description", "configs"}
-CONFIG_KEYS = {"name", "overrides"}
-RESERVED = {"profile", "train.out_dir", "eval.out_dir", "mlm.out_dir", "train.init_from"}
+SET_KEYS = {"profile", "description", "configs", "seeds", "reference"}
+CONFIG_KEYS = {"name", "overrides", "seeds"}
+RESERVED = {"profile", "train.out_dir", "eval.out_dir", "mlm.out_dir", "train.init_from",
+            "train.distill.outputs_dir"}
+SET_DIR = "$SET_DIR"  # in an override value: the set's folder (e.g. where its teachers were trained)
 COLUMNS = ["set", "config", "overrides", "seed", "dev_sst_acc", "dev_para_acc", "dev_sts_pearson",
            "dev_overall", "train_steps", "mlm_s", "train_s", "eval_s", "wall_s"]
 METRIC_COLUMNS = {"dev/sst/accuracy": "dev_sst_acc", "dev/para/accuracy": "dev_para_acc",
@@ -48,10 +56,15 @@ METRIC_COLUMNS = {"dev/sst/accuracy": "dev_sst_acc", "dev/para/accuracy": "dev_p
 
 @dataclass(frozen=True)
 class Variant:
-    """One configuration of a set: a name and dotted `key=value` overrides."""
+    """One configuration of a set: a name, dotted `key=value` overrides and, when the set (or the
+    configuration) lists seeds, the seed of this run (its folder is then CONFIG/seed-S)."""
 
     name: str
     overrides: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def folder(self) -> str:
+        return self.name if self.seed is None else f"{self.name}/seed-{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class AblationSet:
     variants: tuple[Variant, ...]
     profile: str | None = None
     description: str = ""
+    reference: str | dict[str, str] | None = None  # what the Δ and interval columns compare to
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,15 +103,40 @@ def _parse_set(where: str, name: str, body: Any) -> AblationSet:
     configs = body.get("configs")
     if not isinstance(configs, list) or not configs:
         raise ConfigError(f"{where}.configs: expected a non-empty list of {{name, overrides}}")
-    variants = tuple(_parse_variant(f"{where}.configs[{i}]", c) for i, c in enumerate(configs))
-    names = [v.name for v in variants]
+    seeds = _parse_seeds(f"{where}.seeds", body.get("seeds"))
+    variants = tuple(v for i, c in enumerate(configs)
+                     for v in _parse_variant(f"{where}.configs[{i}]", c, seeds))
+    names = [v.folder() for v in variants]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{where}.configs: duplicate names {duplicates}")
-    return AblationSet(name, variants, body.get("profile"), str(body.get("description", "")).strip())
+    reference = body.get("reference")
+    return AblationSet(name, variants, body.get("profile"), str(body.get("description", "")).strip(),
+                       _parse_reference(f"{where}.reference", reference, {v.name for v in variants}))
 
 
-def _parse_variant(where: str, entry: Any) -> Variant:
+def _parse_seeds(where: str, seeds: Any) -> tuple[int, ...] | None:
+    if seeds is None:
+        return None
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: expected a list of distinct integers like [1234, 1, 2]")
+    return tuple(seeds)
+
+
+def _parse_reference(where: str, reference: Any, names: set[str]) -> str | dict[str, str] | None:
+    """A configuration name, or a mapping task -> configuration (e.g. three single-task runs)."""
+    if reference is None:
+        return None
+    chosen = reference.values() if isinstance(reference, dict) else [reference]
+    if isinstance(reference, dict) and set(reference) != set(TASKS) or \
+            not all(isinstance(c, str) and c in names for c in chosen):
+        raise ConfigError(f"{where}: expected a configuration of the set, or a mapping of each of "
+                          f"{', '.join(TASKS)} to one")
+    return reference
+
+
+def _parse_variant(where: str, entry: Any, seeds: tuple[int, ...] | None = None) -> list[Variant]:
     if not isinstance(entry, dict) or set(entry) - CONFIG_KEYS or "name" not in entry:
         raise ConfigError(f"{where}: expected a mapping with 'name' and optional 'overrides'")
     name = str(entry["name"])
@@ -110,14 +149,22 @@ def _parse_variant(where: str, entry: Any) -> Variant:
         key, _ = parse_override(str(text))
         if key in RESERVED:
             raise ConfigError(f"{where}.overrides: {key} is set by `mtbert ablate` itself")
-    return Variant(name, tuple(str(o) for o in overrides))
+    own = _parse_seeds(f"{where}.seeds", entry.get("seeds"))
+    chosen = own if own is not None else seeds
+    texts = tuple(str(o) for o in overrides)
+    return [Variant(name, texts)] if chosen is None else [Variant(name, texts, s) for s in chosen]
 
 
-def variant_config(base: Config, variant: Variant, run_dir: Path) -> Config:
+def variant_config(base: Config, variant: Variant, set_dir: Path) -> Config:
     """The resolved config of one configuration: base + overrides + its own output folders."""
-    overrides: dict[str, Any] = dict(parse_override(o) for o in variant.overrides)
+    run_dir = set_dir / variant.folder()
+    overrides: dict[str, Any] = dict(parse_override(o.replace(SET_DIR, str(set_dir)))
+                                     for o in variant.overrides)
     overrides.update({"train.out_dir": str(run_dir / "model"), "eval.out_dir": str(run_dir / "eval"),
-                      "mlm.out_dir": str(run_dir / "mlm"), "eval.predict_test": False})
+                      "mlm.out_dir": str(run_dir / "mlm"), "eval.predict_test": False,
+                      "train.distill.outputs_dir": str(run_dir / "teacher")})
+    if variant.seed is not None:
+        overrides["seed"] = variant.seed
     try:
         return with_overrides(base, overrides)
     except ConfigError as err:
@@ -158,20 +205,21 @@ def run_set(base: Config, ablation: AblationSet, *, root: str | Path, out: str |
     if unknown:
         raise ConfigError(f"set {ablation.name!r} has no configuration {unknown}")
     set_dir = Path(root) / ablation.name
-    configs = {v.name: variant_config(base, v, set_dir / v.name)
+    configs = {v.folder(): variant_config(base, v, set_dir)
                for v in ablation.variants}  # all resolved first: a bad override fails before training
     rows: list[dict[str, Any]] = []
     paths: tuple[Path, ...] = ()
     with _parent_run(base, ablation, set_dir):
         for variant in ablation.variants:
-            cfg = configs[variant.name]
-            row = (_run_or_load(ablation, variant, cfg, keep_models)
+            cfg = configs[variant.folder()]
+            row = (_run_or_load(ablation, variant, cfg, keep_models, unsent_path(base))
                    if only is None or variant.name in only else _finished(cfg))
             if row is not None:
                 rows.append(row)
                 paths = write_tables(rows, out, ablation)
-        for path in paths:
-            mlflow.log_artifact(str(path), artifact_path="ablation")
+        with tracking.best_effort("log the ablation tables to MLflow"), tracking.bounded_http():
+            for path in paths:
+                mlflow.log_artifact(str(path), artifact_path="ablation")
     return rows
 
 
@@ -215,42 +263,40 @@ def same_config(stored: dict[str, Any], cfg: Config) -> bool:
             and all(k in default and new[k] == default[k] for k in added))
 
 
-def _run_or_load(ablation: AblationSet, variant: Variant, cfg: Config,
-                 keep_models: bool) -> dict[str, Any]:
+def _run_or_load(ablation: AblationSet, variant: Variant, cfg: Config, keep_models: bool,
+                 fallback: Path) -> dict[str, Any]:
     finished = _finished(cfg)
     if finished is not None:
         return finished
     result_path = Path(cfg.train.out_dir).parent / RESULT_FILE
-    with tracking.start_run(cfg, f"{ablation.name}/{variant.name}", nested=True) as run:
-        mlflow.set_tags({"ablation.set": ablation.name, "ablation.config": variant.name,
-                         "ablation.overrides": "; ".join(variant.overrides) or "(none)"})
-        measured = _train_and_evaluate(cfg, run.info.run_id)
-        mlflow.log_metrics({k: float(v) for k, v in measured.items()})
+    tags = {"ablation.set": ablation.name, "ablation.config": variant.name,
+            "ablation.overrides": "; ".join(variant.overrides) or "(none)"}
+    with tracking.tracked_run(cfg, f"{ablation.name}/{variant.folder()}", fallback=fallback,
+                              nested=True, tags=tags) as tracked:
+        measured = _train_and_evaluate(cfg, tracked)
+        tracked.log_metrics(measured)
     row = _row(ablation, variant, cfg, measured)
     atomic_write_text(result_path, json.dumps({"row": row, "resolved_config": to_dict(cfg)}, indent=2))
     if not keep_models:
-        for folder in (cfg.train.out_dir, cfg.mlm.out_dir, stages.checkpoint_dir(cfg)):
+        for folder in (cfg.train.out_dir, cfg.mlm.out_dir, checkpoint_dir(cfg)):
             shutil.rmtree(folder, ignore_errors=True)
     return row
 
 
-def _train_and_evaluate(cfg: Config, run_id: str) -> dict[str, float]:
+def _train_and_evaluate(cfg: Config, tracked: tracking.TrackedRun) -> dict[str, float]:
     """(MLM pretraining,) training and dev evaluation of one configuration, with timings."""
-    logger = tracking.MlflowCallback(run_id)
     timings = {"mlm_s": 0.0}
     start = time.monotonic()
-    try:
-        if cfg.mlm.enabled:
-            mlm_stats = stages.pretrain_mlm(cfg, callbacks=[logger])
-            mlflow.log_metrics(mlm_stats)
-            cfg = with_overrides(cfg, {"train.init_from": cfg.mlm.out_dir})
-            timings["mlm_s"] = time.monotonic() - start
-        train_start = time.monotonic()
-        state = stages.train(cfg, resume=True, callbacks=[logger])
-    finally:
-        logger.close()
+    if cfg.mlm.enabled:
+        tracked.log_metrics(pretrain(cfg, callbacks=[tracked.callback]))
+        cfg = with_overrides(cfg, {"train.init_from": cfg.mlm.out_dir})
+        timings["mlm_s"] = time.monotonic() - start
+    if cfg.train.distill.enabled:  # the teachers' outputs on this configuration's training rows
+        teach.run(cfg)
+    train_start = time.monotonic()
+    state = train_model(cfg, resume=True, callbacks=[tracked.callback])
     eval_start = time.monotonic()
-    metrics = stages.evaluate(cfg)
+    metrics = evaluate_model(cfg)
     end = time.monotonic()
     timings.update(train_s=eval_start - train_start, eval_s=end - eval_start, wall_s=end - start)
     return {**metrics, **timings, "train_steps": float(state.global_step)}
@@ -259,7 +305,8 @@ def _train_and_evaluate(cfg: Config, run_id: str) -> dict[str, float]:
 def _row(ablation: AblationSet, variant: Variant, cfg: Config, measured: dict[str, float]) -> dict[str, Any]:
     row: dict[str, Any] = {"set": ablation.name, "config": variant.name,
                            "overrides": "; ".join(variant.overrides), "seed": cfg.seed}
-    row.update({column: measured[key] for key, column in METRIC_COLUMNS.items()})
+    # A single-task configuration has only its task's metric (and no overall).
+    row.update({column: measured.get(key, float("nan")) for key, column in METRIC_COLUMNS.items()})
     row.update({key: measured[key] for key in ("train_steps", "mlm_s", "train_s", "eval_s", "wall_s")})
     row["train_steps"] = int(row["train_steps"])
     return row

@@ -1,9 +1,10 @@
-"""MLflow tracking: the only module of the pipeline's stages that talks to MLflow.
+"""MLflow tracking: the only module of the pipeline that talks to MLflow's tracking API.
 
 The default store is a SQLite file in the working directory (`sqlite:///mlflow.db`); setting
 `MLFLOW_TRACKING_URI` points every command at a tracking server instead. A remote server is checked
-before any training time is spent, and metrics logged while it is unreachable are kept in a local
-file and sent later instead of being lost.
+before any training time is spent. Every stage runs under MLflow through `tracked_run`: metrics go
+through a buffering callback, and those the server cannot take (it went away mid-run) are written
+to a fallback file and sent by the next tracked run instead of being lost.
 """
 
 from __future__ import annotations
@@ -16,22 +17,27 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 
 from mtbert.config import Config, flatten, to_dict
-from mtbert.train import Callback, TrainState
+from mtbert.errors import Interrupted, UserError
+from mtbert.fileio import atomic_write_text
+from mtbert.callbacks import Callback, FitContext
 
 log = logging.getLogger("mtbert")
 
 RUN_FILE = "mlflow_run.json"
+TRAINED_SHA_TAG = "mtbert.trained_sha256"  # run tag: sha256 of the weights the run saved
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(UserError, RuntimeError):
     """The tracking server cannot be reached."""
 
 
@@ -69,8 +75,6 @@ def data_hash(dvc_file: str | Path = "data.dvc") -> str:
     path = Path(dvc_file)
     if not path.exists():
         return "unknown"
-    import yaml
-
     outs = (yaml.safe_load(path.read_text()) or {}).get("outs", [{}])
     return str(outs[0].get("md5", "unknown"))
 
@@ -101,6 +105,9 @@ def start_run(cfg: Config, run_name: str, run_id: str | None = None,
             mlflow.log_dict(to_dict(cfg), "config/resolved_params.json")
         yield run
         status = "FINISHED"
+    except Interrupted:  # stopped on request, resumable: not a failure
+        status = "KILLED"
+        raise
     finally:
         active = mlflow.active_run()
         try:
@@ -112,14 +119,23 @@ def start_run(cfg: Config, run_name: str, run_id: str | None = None,
                         run.info.run_id, status, tracking_uri(), err)
 
 
-def save_run_id(model_dir: str | Path, run_id: str) -> None:
-    Path(model_dir).mkdir(parents=True, exist_ok=True)
-    (Path(model_dir) / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
+def save_run_id(folder: str | Path, run_id: str, **record: Any) -> None:
+    """Record (atomically) which MLflow run wrote `folder`, with facts about it (`record`).
+
+    The train stage writes it once the weights are saved, with their sha256: a run that fails or
+    is killed before then leaves the previous record, which still matches the previous weights.
+    """
+    atomic_write_text(Path(folder) / RUN_FILE, json.dumps({"run_id": run_id, **record}))
 
 
-def load_run_id(model_dir: str | Path) -> str | None:
-    path = Path(model_dir) / RUN_FILE
-    return json.loads(path.read_text())["run_id"] if path.exists() else None
+def load_run_record(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_run_id(folder: str | Path) -> str | None:
+    record = load_run_record(folder)
+    return None if record is None else record["run_id"]
 
 
 # MLflow's client retries a failed request 7 times with exponential backoff (about 4 minutes) by
@@ -162,29 +178,21 @@ class MlflowCallback(Callback):
         self.failed_once = False
         self.retry_at = 0.0  # time.monotonic() before which no send is tried
 
-    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-        import time
-
-        now = int(time.time() * 1000)
-        self.pending += [mlflow.entities.Metric(k, float(v), now, state.global_step)
-                         for k, v in metrics.items()]
-        if state.global_step % self.every == 0:
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, ctx.state.global_step)
+        if ctx.state.global_step % self.every == 0:
             self.flush()
 
-    def on_epoch_end(self, state: TrainState) -> None:
+    def on_epoch_end(self, ctx: FitContext) -> None:
         self.flush()
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Queue run-level metrics (e.g. wall time); they go out with the next flush or `close`."""
-        import time
-
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Queue metrics; they go out with the next flush or `close` (or into the fallback file)."""
         now = int(time.time() * 1000)
         self.pending += [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
 
     def flush(self, force: bool = False) -> bool:
         """Send what is buffered; True when nothing is left. Never raises."""
-        import time
-
         if not self.pending:
             return True
         if not force and time.monotonic() < self.retry_at:
@@ -215,7 +223,7 @@ class MlflowCallback(Callback):
         with self.fallback_path.open("a") as fh:  # earlier runs' unsent metrics stay in the file
             fh.write("".join(json.dumps(r) + "\n" for r in rows))
         log.warning("MLflow unreachable: %d metric values of run %s written to %s; the next "
-                    "`mtbert train` sends them", len(rows), self.run_id, self.fallback_path)
+                    "tracked run (any mtbert command that trains or evaluates) sends them", len(rows), self.run_id, self.fallback_path)
         return self.fallback_path
 
     @staticmethod
@@ -226,94 +234,118 @@ class MlflowCallback(Callback):
         Raises what MLflow raises if the server is unreachable (the file is then left as it was).
         """
         path = Path(path)
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        client = mlflow.MlflowClient()
-        with bounded_http():
-            for run_id in dict.fromkeys(r["run_id"] for r in rows):
-                metrics = [mlflow.entities.Metric(r["key"], r["value"], r["timestamp"], r["step"])
-                           for r in rows if r["run_id"] == run_id]
-                for start in range(0, len(metrics), 500):
-                    client.log_batch(run_id, metrics=metrics[start:start + 500])
-                if client.get_run(run_id).info.status == "RUNNING":
-                    client.set_terminated(run_id, "FINISHED")
-        path.unlink()
+        # Claimed by a rename: a worker that appends meanwhile starts a new file, and two replays
+        # of one file cannot both send it.
+        claimed = path.with_name(f".{path.name}.{os.getpid()}.sending")
+        try:
+            os.replace(path, claimed)
+        except FileNotFoundError:  # another process is sending it
+            return 0
+        try:
+            rows = [json.loads(line) for line in claimed.read_text().splitlines() if line.strip()]
+            _send_rows(rows)
+        except BaseException:
+            with path.open("a") as fh:  # back where it was, with anything appended meanwhile
+                fh.write(claimed.read_text())
+            claimed.unlink()
+            raise
+        claimed.unlink()
         return len(rows)
 
 
-def log_evaluation(metrics: dict[str, float], eval_dir: str | Path) -> None:
-    """Log dev metrics and the evaluation outputs (plots, prediction files) to the active run."""
-    mlflow.log_metrics(metrics)
-    mlflow.log_artifacts(str(eval_dir), artifact_path="eval")
-
+def _send_rows(rows: list[dict[str, Any]]) -> None:
+    client = mlflow.MlflowClient()
+    with bounded_http():
+        for run_id in dict.fromkeys(r["run_id"] for r in rows):
+            metrics = [mlflow.entities.Metric(r["key"], r["value"], r["timestamp"], r["step"])
+                       for r in rows if r["run_id"] == run_id]
+            for start in range(0, len(metrics), 500):
+                client.log_batch(run_id, metrics=metrics[start:start + 500])
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "FINISHED")
 
 
 # ---------------------------------------------------------------------------------------------
-# The tracked stages: what `mtbert train` / `mtbert evaluate` and the Prefect flow both run
-
-UNSENT_FILE = "unsent_metrics.jsonl"
+# The one way a stage runs under MLflow
 
 
-def tracked_train(cfg: Config, resume: bool = True,
-                  callbacks: Sequence[Callback] = ()) -> tuple[TrainState, str]:
-    """`stages.train` inside the MLflow run "train"; returns the final state and the run id.
+@dataclass
+class TrackedRun:
+    """An open MLflow run as a stage sees it: metrics are buffered and never lost.
 
-    Metrics an earlier run could not send are replayed first; if the server goes away mid-run,
-    training goes on and its metrics are written next to the model (`unsent_metrics.jsonl`) for
-    the next run to send. The learning curves and the wall time are logged at the end.
+    Attributes:
+        run_id: the MLflow run.
+        callback: a training callback that logs every step's metrics (pass it to `fit`).
     """
-    start = time.monotonic()
-    unsent = Path(cfg.train.out_dir).with_name(UNSENT_FILE)
-    with start_run(cfg, "train") as run:
-        _replay_unsent(unsent)
-        from mtbert import stages  # after the server check: the model imports are slow
 
-        save_run_id(cfg.train.out_dir, run.info.run_id)
-        logger = MlflowCallback(run.info.run_id, fallback_path=unsent)
+    run_id: str
+    callback: MlflowCallback
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Queue run-level metrics; sent with the next flush, at the end, or kept in the fallback file."""
+        self.callback.log_metrics({k: float(v) for k, v in metrics.items()}, step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Tag the run; a failure only warns (the facts are also on disk)."""
+        if self.callback.failed_once:
+            log.warning("MLflow unreachable: tags %s not set; they are on disk", sorted(tags))
+            return
+        with best_effort("tag the MLflow run"), bounded_http():
+            client = mlflow.MlflowClient()
+            for key, value in tags.items():
+                client.set_tag(self.run_id, key, str(value))
+
+    def log_artifacts(self, paths: list[Path], artifact_path: str) -> None:
+        """Upload files (a folder: its contents) to the run; a failure only warns (they stay on disk).
+
+        Skipped when the server was last seen down: an upload would wait on it for minutes.
+        """
+        if self.callback.failed_once:
+            log.warning("MLflow unreachable: %s not logged; the files are on disk", artifact_path)
+            return
+        with best_effort(f"log {artifact_path} to MLflow"), bounded_http():
+            for path in paths:
+                if Path(path).is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+                else:
+                    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def tracked_run(cfg: Config, name: str, *, fallback: str | Path, run_id: str | None = None,
+                nested: bool = False, tags: Mapping[str, Any] | None = None) -> Iterator[TrackedRun]:
+    """Run a stage inside an MLflow run (new, or `run_id` re-opened) with a metrics buffer.
+
+    Metrics an earlier run left in `fallback` are sent first. Whatever the body logs through the
+    yielded `TrackedRun` (or its `callback`) and the server cannot take is appended to `fallback`
+    when the block ends, however it ends: the buffer is closed in `finally`.
+    """
+    with start_run(cfg, name, run_id=run_id, nested=nested) as run:
+        if tags:
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        replay_unsent(Path(fallback))
+        tracked = TrackedRun(run.info.run_id, MlflowCallback(run.info.run_id, fallback_path=fallback))
         try:
-            state = stages.train(cfg, resume=resume, callbacks=[*callbacks, logger])
-            save_run_id(cfg.train.out_dir, run.info.run_id)  # the model dir was rewritten
-            _log_curves(Path(cfg.train.out_dir), server_down=logger.failed_once)
-            logger.log_metrics({"train/wall_s": time.monotonic() - start}, state.global_step)
-        finally:  # tracking failures only warn: unsent metrics go to `unsent`, and the log says so
-            logger.close()
-    return state, run.info.run_id
+            yield tracked
+        finally:  # tracking failures only warn: unsent metrics go to `fallback`, and the log says so
+            tracked.callback.close()
 
 
-def tracked_evaluate(cfg: Config, run_id: str | None = None, progress: Any = None) -> dict[str, float]:
-    """`stages.evaluate`, its metrics and outputs logged to the model's training run (`run_id`,
-    default: the run recorded in `train.out_dir`)."""
-    from mtbert import stages
-
-    metrics = stages.evaluate(cfg, progress=progress)
-    with start_run(cfg, "evaluate", run_id=run_id or load_run_id(cfg.train.out_dir)):
-        log_evaluation(metrics, cfg.eval.out_dir)
-    return metrics
-
-
-def _replay_unsent(path: Path) -> None:
+def replay_unsent(path: Path) -> None:
     """Send metrics an earlier run could not (the server was down); keep the file on failure."""
     if not path.exists():
         return
     try:
         n = MlflowCallback.replay(path)
         log.info("sent %d metric values buffered in %s by an earlier run", n, path)
-    except Exception as err:  # noqa: BLE001 - tracking only; training goes on
+    except Exception as err:  # noqa: BLE001 - tracking only; the stage goes on
         log.warning("could not send the metrics buffered in %s (%s); kept for the next run", path, err)
 
 
-def _log_curves(model_dir: Path, server_down: bool = False) -> None:
-    """The learning curves `stages.train` wrote (CSV, PNG) as artifacts of the run; failures warn.
-
-    Skipped when the server was last seen down (an upload would wait on it for minutes)."""
-    from mtbert.curves import CURVES_FILE
-    from mtbert.stages import CURVES_PNG
-
-    if server_down:
-        log.warning("MLflow unreachable: the learning curves are not logged; they are in %s", model_dir)
-        return
+@contextlib.contextmanager
+def best_effort(what: str) -> Iterator[None]:
+    """For tracking calls after the work is done: a failure is a warning, never the stage's end."""
     try:
-        with bounded_http():
-            for name in (CURVES_FILE, CURVES_PNG):
-                mlflow.log_artifact(str(model_dir / name), artifact_path="curves")
-    except Exception as err:  # noqa: BLE001 - tracking only; the model is already saved
-        log.warning("could not log the learning curves to MLflow (%s); they are in %s", err, model_dir)
+        yield
+    except Exception as err:  # noqa: BLE001 - the results are on disk; only their copy in MLflow is lost
+        log.warning("could not %s (%s)", what, err)

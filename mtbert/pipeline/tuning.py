@@ -6,9 +6,10 @@ share one study. Each running trial records a heartbeat; a trial whose worker di
 `tune.grace_s` seconds) is marked FAIL by the next worker that asks for a trial and queued again
 with the same parameters. An exception inside a trial fails that trial only; the study goes on.
 
-Every trial trains with `stages.train` into its own directory, reports a dev score on a small dev
-subset every `tune.report_every` steps and at each epoch end (a MedianPruner stops weak trials), and
-is scored by `stages.evaluate` (`dev/overall`). Each trial is an MLflow run nested under the study's
+Every trial trains with the train stage's `train_model` into its own directory, reports a dev score
+of the live model on a small dev subset every `tune.report_every` steps and at each epoch end (a
+MedianPruner stops weak trials), and is scored by the evaluate stage's `evaluate_model`
+(`dev/overall`). Each trial is an MLflow run nested under the study's
 parent run; the parent run gets the optimization-history and parameter-importance plots. The best
 parameters are written to `tune.out_file` as dotted overrides (`train.lr: 3.1e-05`), read back by
 `mtbert train --overrides-file`.
@@ -28,22 +29,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import mlflow
 import optuna
 import pandas as pd
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from optuna.visualization import matplotlib as optuna_plots
+from tqdm import tqdm
 
-from mtbert import stages, tracking
 from mtbert.batching import TokenizedTask, tokenize_frame
-from mtbert.checkpoint import CHECKPOINT_FILE, atomic_write_text, load_checkpoint
 from mtbert.config import Config, TuneConfig, with_overrides
 from mtbert.evaluate import predict, summary_metrics, task_metrics
+from mtbert.fileio import atomic_write_text
 from mtbert.model.load_hf import load_tokenizer
-from mtbert.model.multitask import MultitaskBert, build_multitask
-from mtbert.tasks import TASKS
-from mtbert.train import Callback, TrainState
+from mtbert.pipeline import tracking
+from mtbert.pipeline.project import checkpoint_dir, dev_frame, unsent_path
+from mtbert.pipeline.stages.evaluate import evaluate_model
+from mtbert.pipeline.stages.train import train_model
+from mtbert.callbacks import Callback, FitContext
 
 log = logging.getLogger("mtbert")
 
@@ -84,9 +90,6 @@ def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
     root = trials_dir(cfg) / f"trial-{number:03d}"
     extra: dict[str, Any] = {"train.out_dir": str(root / "model"), "eval.out_dir": str(root / "eval"),
                              "eval.predict_test": False}
-    if cfg.tune.report_every:
-        # The dev reporter scores the checkpoint the trainer has just written (see DevReporter).
-        extra["train.checkpoint_every"] = cfg.tune.report_every
     return with_overrides(cfg, {**params, **extra})
 
 
@@ -95,60 +98,55 @@ def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
 
 
 class DevReporter(Callback):
-    """Reports a dev score on a small dev subset to the trial and prunes when the pruner says so.
+    """Scores the live model on a small dev subset, reports it to the trial, prunes if told to.
 
-    Training callbacks do not see the model, so this scores the checkpoint that the trainer's
-    CheckpointCallback (always ahead of the caller's callbacks) wrote at the same step; the step
-    recorded in that checkpoint is checked, so a stale checkpoint fails loudly.
+    Args:
+        trial: the Optuna trial.
+        cfg: the trial's config (`tune.report_every`, `tune.report_dev_size`, eval batch size).
+        log_metric: where the intermediate score is also logged (the trial's MLflow run).
     """
 
-    def __init__(self, trial: optuna.Trial, cfg: Config) -> None:
-        self.trial, self.cfg = trial, cfg
-        self.path = stages.checkpoint_dir(cfg) / CHECKPOINT_FILE
+    def __init__(self, trial: optuna.Trial, cfg: Config,
+                 log_metric: Callable[[dict[str, float], int], None]) -> None:
+        self.trial, self.cfg, self.log_metric = trial, cfg, log_metric
         self.last_step = -1
-        self.model: MultitaskBert | None = None
         self.data: dict[str, TokenizedTask] = {}
         self.gold: dict[str, Any] = {}
 
-    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
         every = self.cfg.tune.report_every
-        if every and state.global_step % every == 0:
-            self.report(state)
+        if every and ctx.state.global_step % every == 0:
+            self.report(ctx)
 
-    def on_epoch_end(self, state: TrainState) -> None:
-        self.report(state)
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        self.report(ctx)
 
-    def report(self, state: TrainState) -> None:
-        if state.global_step == self.last_step:
+    def report(self, ctx: FitContext) -> None:
+        step = ctx.state.global_step
+        if step == self.last_step:
             return
-        self.last_step = state.global_step
-        score = self.score(state.global_step)
-        self.trial.report(score, state.global_step)
-        mlflow.log_metric(INTERMEDIATE_METRIC, score, step=state.global_step)
+        self.last_step = step
+        score = self.score(ctx.model)
+        self.trial.report(score, step)
+        self.log_metric({INTERMEDIATE_METRIC: score}, step)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"step {state.global_step}: dev subset score {score:.4f} "
+            raise optuna.TrialPruned(f"step {step}: dev subset score {score:.4f} "
                                      "is below the median of earlier trials")
 
-    def score(self, step: int) -> float:
-        payload = load_checkpoint(self.path)
-        if payload["state"]["global_step"] != step:
-            raise RuntimeError(f"{self.path} holds step {payload['state']['global_step']}, not {step}; "
-                               "the checkpoint callback must run before the dev reporter")
-        if self.model is None:
+    def score(self, model: Any) -> float:
+        """`dev/overall` of `model` on the dev subset (`predict` runs it in eval mode, no grad)."""
+        if not self.data:
             self._setup()
-        assert self.model is not None
-        self.model.load_state_dict(payload["model"])
         per_task = {}
         for task, data in self.data.items():
-            pred = predict(self.model, data, self.cfg.eval.batch_size, self.cfg.train.precision)
+            pred = predict(model, data, self.cfg.eval.batch_size, self.cfg.train.precision)
             per_task[task] = task_metrics(pred, self.gold[task])
         return summary_metrics(per_task)["dev/overall"]
 
     def _setup(self) -> None:
         cfg = self.cfg
-        self.model = build_multitask(cfg.model, cfg.train.init_from)
         tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
-        frames = {task: stages.dev_frame(cfg, task).head(cfg.tune.report_dev_size) for task in TASKS}
+        frames = {task: dev_frame(cfg, task).head(cfg.tune.report_dev_size) for task in cfg.train.tasks}
         self.data = {task: tokenize_frame(tokenizer, frame, task, cfg.model.pair_encoding,
                                           cfg.model.max_length) for task, frame in frames.items()}
         self.gold = {task: frame["label"].to_numpy() for task, frame in frames.items()}
@@ -158,37 +156,40 @@ class DevReporter(Callback):
 # The objective: one trial = one nested MLflow run
 
 
-def _train_and_score(trial: optuna.Trial, cfg: Config, run_id: str) -> float:
-    logger = tracking.MlflowCallback(run_id)
+def _train_and_score(trial: optuna.Trial, cfg: Config, tracked: tracking.TrackedRun) -> float:
     try:
-        try:
-            stages.train(cfg, resume=False, callbacks=[logger, DevReporter(trial, cfg)])
-        finally:
-            logger.close()
-        metrics = stages.evaluate(cfg)
+        reporter = DevReporter(trial, cfg, tracked.log_metrics)
+        train_model(cfg, resume=False, callbacks=[tracked.callback, reporter])
+        metrics = evaluate_model(cfg)
     finally:
         # The weights are not kept: the best parameters are retrained (`--overrides-file`).
         shutil.rmtree(cfg.train.out_dir, ignore_errors=True)
-        shutil.rmtree(stages.checkpoint_dir(cfg), ignore_errors=True)
-    mlflow.log_metrics(metrics)
+        shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
+    tracked.log_metrics(metrics)
     return metrics["dev/overall"]
 
 
 def make_objective(cfg: Config) -> Callable[[optuna.Trial], float]:
-    """The objective: train and evaluate one trial's config; the value is `dev/overall`."""
+    """The objective: train and evaluate one trial's config; the value is `dev/overall`.
+
+    Each trial is a nested MLflow run; what the server cannot take while it runs goes to the
+    project's fallback file (`unsent_path(cfg)`) and is sent by the next tracked run.
+    """
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, cfg.tune)
         trial_cfg = trial_config(cfg, params, trial.number)
-        with tracking.start_run(trial_cfg, f"trial-{trial.number}", nested=True) as run:
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
-            mlflow.set_tags({"optuna.study": cfg.tune.study_name, "optuna.trial": trial.number})
+        tags = {"optuna.study": cfg.tune.study_name, "optuna.trial": trial.number}
+        with tracking.tracked_run(trial_cfg, f"trial-{trial.number}", fallback=unsent_path(cfg),
+                                  nested=True, tags=tags) as tracked:
+            trial.set_user_attr("mlflow_run_id", tracked.run_id)
             try:
-                return _train_and_score(trial, trial_cfg, run.info.run_id)
+                return _train_and_score(trial, trial_cfg, tracked)
             except optuna.TrialPruned as err:
                 # Raised after the run is closed, so MLflow records FINISHED, not FAILED.
-                mlflow.set_tag("optuna.state", "PRUNED")
+                with tracking.best_effort("tag the pruned trial's run"):
+                    mlflow.set_tag("optuna.state", "PRUNED")
                 pruned = err
         raise pruned
 
@@ -278,7 +279,8 @@ def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = No
                                callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED), bar])
             finally:
                 bar.close()
-            log_study(study, history_path(cfg).parent)
+            with tracking.best_effort(f"log study {cfg.tune.study_name!r} to MLflow"):
+                log_study(study, history_path(cfg).parent)
     if study.get_trials(deepcopy=False):
         atomic_write_text(history_path(cfg), history_frame(study).to_csv(index=False))
     if completed(study):
@@ -290,8 +292,6 @@ class TrialProgress:
     """An Optuna callback: a bar over the trials this worker runs, with the study's best value."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
-        from tqdm import tqdm
-
         self.bar = tqdm(total=total, desc="tune", unit="trial", disable=not enabled)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -369,11 +369,7 @@ def log_study(study: optuna.Study, out_dir: Path | None = None) -> None:
 
     With `out_dir`, the plots are also written there (the files dvc.yaml declares as plots).
     """
-    import matplotlib
-
     matplotlib.use("Agg")  # headless
-    from optuna.visualization import matplotlib as optuna_plots
-
     states = [t.state for t in study.get_trials(deepcopy=False)]
     mlflow.log_metrics({f"tune/trials_{s.name.lower()}": float(states.count(s)) for s in TrialState})
     if states:
@@ -383,8 +379,6 @@ def log_study(study: optuna.Study, out_dir: Path | None = None) -> None:
         return
     mlflow.log_metric("tune/best_dev_overall", study.best_value)
     mlflow.log_dict(best_overrides(study), "tune/best_params.yaml")
-    import matplotlib.pyplot as plt
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

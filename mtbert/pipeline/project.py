@@ -1,0 +1,133 @@
+"""A project folder as the config names it: where each artifact lives, reading the prepared
+tables, and the process set-up (seed, threads, device) that every stage does first."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtbert.config import Config
+from mtbert.errors import UserError
+
+REPORT_FILE = "report.json"  # what prepare and augment write beside their tables
+UNSENT_FILE = "unsent_metrics.jsonl"  # metrics MLflow could not take; sent by the next tracked run
+
+
+def prepared_path(cfg: Config, task: str, split: str, augmented: bool = False) -> Path:
+    root = cfg.data.augmented_dir if augmented else cfg.data.prepared_dir
+    return Path(root) / f"{task}-{split}.parquet"
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    # Beside, not inside, the model directory: DVC clears a stage's outputs before re-running it,
+    # and the checkpoint must survive that to be resumed.
+    return Path(cfg.train.out_dir).with_name(Path(cfg.train.out_dir).name + "-checkpoint")
+
+
+def unsent_path(cfg: Config) -> Path:
+    """The project's fallback file for metrics the tracking server could not take (beside the model)."""
+    return Path(cfg.train.out_dir).with_name(UNSENT_FILE)
+
+
+def teacher_outputs_path(cfg: Config, task: str) -> Path:
+    return Path(cfg.train.distill.outputs_dir) / f"{task}-train.parquet"
+
+
+def read_teacher_outputs(cfg: Config, task: str, ids: pd.Series) -> np.ndarray:
+    """The cached teacher outputs (the teach stage's) for the training rows with these ids, in order.
+
+    Raises UserError when rows are missing: the cache was made for other rows or settings.
+    """
+    path = teacher_outputs_path(cfg, task)
+    if not path.exists():
+        raise UserError("no teacher outputs", path=str(path), field="train.distill",
+                        fix="run `mtbert teach` (or `dvc repro teach`) first")
+    table = pd.read_parquet(path).drop_duplicates("id").set_index("id")
+    missing = ~ids.isin(table.index)
+    if missing.any():
+        raise UserError(f"{int(missing.sum())} of {len(ids)} training rows have no teacher output "
+                        f"(first id {ids[missing].iloc[0]!r})", path=str(path), field="train.distill",
+                        fix="the cache was made for other rows: run `mtbert teach` again")
+    values = table.loc[ids.to_numpy()].to_numpy(dtype=np.float32)
+    return values if task == "sst" else values[:, 0]
+
+
+def _sample(frame: pd.DataFrame, size: int | None, replace: bool, seed: int) -> pd.DataFrame:
+    if size is None or (not replace and size >= len(frame)):
+        return frame
+    return frame.sample(n=size, replace=replace, random_state=seed).reset_index(drop=True)
+
+
+def train_frames(cfg: Config) -> dict[str, pd.DataFrame]:
+    """Training tables per task, raw or augmented, trimmed or resampled as the config says."""
+    augmented = cfg.data.train_source == "augmented"
+    frames = {}
+    for task in cfg.train.tasks:  # each task's sample depends on the seed alone, not on the others
+        frame = pd.read_parquet(prepared_path(cfg, task, "train", augmented))
+        frame = _sample(frame, cfg.data.train_size.get(task), replace=False, seed=cfg.seed)
+        frames[task] = _sample(frame, cfg.data.resample_to.get(task), replace=True, seed=cfg.seed)
+    return frames
+
+
+def dev_frame(cfg: Config, task: str, split: str = "dev") -> pd.DataFrame:
+    frame = pd.read_parquet(prepared_path(cfg, task, split))
+    size = cfg.data.dev_size.get(task) if split == "dev" else None
+    return frame if size is None else frame.head(size)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def apply_threads(cfg: Config) -> None:
+    """`train.threads` (0: torch's default) for this process; every stage that runs the model calls it."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: cuda requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def model_lock(cfg: Config, command: str) -> Iterator[None]:
+    """Hold the lock of `train.out_dir` while training or evaluating it.
+
+    Two trainings (or a training and an evaluation) of one model folder cannot run at once: the
+    second is refused, naming the process that holds the lock. The lock is an flock on a file
+    beside the model folder (DVC clears the folder itself), so it goes away with its process, even
+    a killed one: it is never stale.
+    """
+    out = Path(cfg.train.out_dir)
+    path = out.with_name(f".{out.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"in use by {holder}", path=str(out), field="train.out_dir",
+                            fix=f"wait for it to finish, or stop it; the lock is {path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`mtbert {command}` (pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock

@@ -1,0 +1,39 @@
+"""The prepare stage: import the course CSVs, validate them into typed tables and a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from mtbert import data as data_io
+from mtbert.config import Config
+from mtbert.fileio import atomic_write, atomic_write_text
+from mtbert.pipeline.project import REPORT_FILE, prepared_path
+
+log = logging.getLogger("mtbert")
+
+
+def import_data(cfg: Config, source: str | None = None) -> list[Path]:
+    """Copy the course CSVs from `source` (default `data.source`) into `data.raw_dir`."""
+    return data_io.import_raw(source or cfg.data.source, cfg.data.raw_dir)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Validate every raw file and write typed parquet tables plus a report of skipped rows."""
+    report: dict[str, Any] = {"on_error": cfg.data.on_error, "files": {}, "issues": []}
+    for (task, split), name in data_io.RAW_FILES.items():
+        if split not in data_io.REQUIRED_SPLITS and not (Path(cfg.data.raw_dir) / name).exists():
+            continue  # test files are optional
+        result = data_io.read_split(cfg.data.raw_dir, task, split, on_error=cfg.data.on_error)
+        out = prepared_path(cfg, task, split)
+        # Atomic: a full disk or a kill mid-write leaves the previous table readable.
+        atomic_write(out, lambda tmp, frame=result.frame: frame.to_parquet(tmp, index=False))
+        report["files"][name] = {"rows": len(result.frame), "skipped": len(result.issues)}
+        for issue in result.issues:
+            log.warning("skipped %s:%d: field '%s': %s", name, issue.line, issue.field, issue.reason)
+            report["issues"].append(dataclasses.asdict(issue))
+    atomic_write_text(Path(cfg.data.prepared_dir) / REPORT_FILE, json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,78 @@
+"""The teach stage: the teachers' outputs on the training rows, computed once and cached for
+distillation (`train.distill`). A DVC stage, so the cache is versioned and rebuilt when the rows or
+the distill settings change; with distillation off it only records that in its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mtbert.batching import tokenize_frame
+from mtbert.checkpoint import MODEL_FILE
+from mtbert.config import Config
+from mtbert.distill import average_teachers, teacher_outputs
+from mtbert.errors import UserError
+from mtbert.fileio import atomic_write, atomic_write_text
+from mtbert.model.trained import load_trained
+from mtbert.pipeline.project import (
+    apply_threads,
+    resolve_device,
+    teacher_outputs_path,
+    train_frames,
+)
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _task_targets(cfg: Config, task: str, frame: pd.DataFrame, teachers: list[Any]) -> np.ndarray:
+    """The teachers' averaged outputs for one task's training rows (those with its head)."""
+    outs = []
+    for model, tokenizer, teacher_cfg in teachers:
+        if task in model.tasks:
+            data = tokenize_frame(tokenizer, frame, task, teacher_cfg.model.pair_encoding,
+                                  teacher_cfg.model.max_length)
+            outs.append(teacher_outputs(model, data, cfg.eval.batch_size, cfg.train.precision))
+    if not outs:
+        raise UserError(f"no teacher has a {task} head", field="train.distill.teachers",
+                        fix=f"add a model trained on {task}, or drop {task} from train.distill.tasks")
+    return average_teachers(outs)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Write each distilled task's teacher outputs (id + outputs) and a manifest; returns it."""
+    distill, out = cfg.train.distill, Path(cfg.train.distill.outputs_dir)
+    manifest: dict[str, Any] = {"enabled": distill.enabled, "tasks": {}, "teachers": {}}
+    if distill.enabled:
+        apply_threads(cfg)
+        device = str(resolve_device(cfg.train.device))
+        for folder in distill.teachers:
+            if not (Path(folder) / MODEL_FILE).exists():
+                raise UserError("not a trained mtbert model", path=folder,
+                                field="train.distill.teachers", fix="train it first (mtbert train)")
+            manifest["teachers"][folder] = _sha256(Path(folder) / MODEL_FILE)
+        teachers = [load_trained(folder, device) for folder in distill.teachers]
+        frames = train_frames(cfg)
+        for task in (t for t in cfg.train.tasks if t in distill.tasks):
+            targets = _task_targets(cfg, task, frames[task], teachers)
+            columns = [f"p{i}" for i in range(5)] if task == "sst" else ["target"]
+            table = pd.DataFrame(targets.reshape(len(frames[task]), -1), columns=columns)
+            table.insert(0, "id", frames[task]["id"].to_numpy())
+            atomic_write(teacher_outputs_path(cfg, task),
+                         lambda tmp, t=table: t.to_parquet(tmp, index=False))
+            manifest["tasks"][task] = {"rows": len(table)}
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest

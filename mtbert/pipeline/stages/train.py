@@ -1,0 +1,325 @@
+"""The train stage: the multitask model trained into `train.out_dir`, resumable, tracked in MLflow.
+
+`train_model` is the work (tuning trials and ablation configurations call it inside their own
+runs); `run` is the stage: `train_model` inside the MLflow run "train", whose id is written with
+the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mtbert.averaging import WeightEma
+from mtbert.batching import TokenizedTask, tokenize_frame
+from mtbert.callbacks import Callback, FitContext, TrainState
+from mtbert.checkpoint import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    TEACHER_KEY,
+    CheckpointError,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_model,
+)
+from mtbert.config import Config, flatten, to_dict
+from mtbert.curves import CURVES_FILE, CURVES_PNG, CurveRecorder, read_rows, write_curves
+from mtbert.distill import with_targets
+from mtbert.errors import Interrupted
+from mtbert.fileio import sha256_file
+from mtbert.model.load_hf import load_tokenizer
+from mtbert.model.multitask import build_multitask
+from mtbert.optim import build_optimizer, lr_scale_fn
+from mtbert.pipeline import tracking
+from mtbert.pipeline.project import (
+    apply_threads,
+    checkpoint_dir,
+    model_lock,
+    resolve_device,
+    read_teacher_outputs,
+    seed_everything,
+    train_frames,
+    unsent_path,
+)
+from mtbert.smart import BregmanTeacher
+from mtbert.train import fit, make_teacher
+
+log = logging.getLogger("mtbert")
+
+
+class CheckpointCallback(Callback):
+    """Writes a resumable checkpoint every `every` steps and at each epoch end (atomically)."""
+
+    def __init__(self, path: Path, every: int, config: dict[str, Any], fingerprint: dict[str, Any],
+                 ema: WeightEma | None = None) -> None:
+        self.path, self.every, self.config, self.ema = path, every, config, ema
+        self.fingerprint = fingerprint
+
+    def save(self, ctx: FitContext) -> None:
+        extra: dict[str, Any] = {FINGERPRINT_KEY: self.fingerprint}
+        if self.ema is not None:
+            extra[EMA_KEY] = self.ema.state_dict()
+        save_checkpoint(self.path, model=ctx.model, optimizer=ctx.optimizer, state=ctx.state,
+                        config=self.config, teacher=ctx.teacher.module if ctx.teacher else None,
+                        extra=extra)
+
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        if self.every and ctx.state.global_step % self.every == 0:
+            self.save(ctx)
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        self.save(ctx)
+
+
+class TrainProgress(Callback):
+    """A bar over the training steps with throughput, ETA and the last losses; silent if disabled."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=ctx.state.total_steps, initial=ctx.state.global_step - 1,
+                            desc="train", unit="step", disable=not self.enabled, mininterval=2.0)
+        self.bar.update(1)
+        losses = {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items() if k.endswith("/loss")}
+        if losses:
+            self.bar.set_postfix(losses, refresh=False)
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        if self.bar is not None and ctx.state.global_step >= ctx.state.total_steps:
+            self.bar.close()
+
+
+# What determines a training run's result: these config keys, and the rows it trains on. Other
+# keys (threads, device, checkpoint interval, output folder, and the eval/register/tune/data-path
+# sections) are runtime settings: a checkpoint written under other values of them is resumed.
+RESULT_KEYS = ("seed", "model.", "train.", "data.train_source", "data.train_size.", "data.resample_to.")
+RUNTIME_KEYS = frozenset({"train.threads", "train.device", "train.checkpoint_every", "train.out_dir"})
+FINGERPRINT_KEY = "fingerprint"
+
+
+class ResumeRefused(CheckpointError):
+    """A checkpoint of another run: resuming it would mix two runs; it is left as it is."""
+
+
+def fingerprint(cfg: Config, data: dict[str, TokenizedTask]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the result-determining config and a digest of
+    the tokenized training rows (labels and teacher targets included). The code version is
+    recorded too, but only reported: a bug fix must not cost an interrupted run."""
+    keys = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k.startswith(RESULT_KEYS) and k not in RUNTIME_KEYS}
+    digest = hashlib.sha256()
+    for task in sorted(data):
+        rows = data[task]
+        digest.update(json.dumps([task, rows.segments, rows.labels]).encode())
+        if rows.targets is not None:
+            digest.update(rows.targets.tobytes())
+    return {"config": keys, "data": digest.hexdigest(), "code": tracking.git_commit()}
+
+
+def _check_fingerprint(path: Path, payload: dict[str, Any], current: dict[str, Any]) -> None:
+    saved = payload.get(FINGERPRINT_KEY) or {  # checkpoints older than fingerprints: config only
+        "config": {k: v for k, v in flatten(payload["config"]).items()
+                   if k.startswith(RESULT_KEYS) and k not in RUNTIME_KEYS}}
+    old, new = saved["config"], current["config"]
+    default = flatten(to_dict(Config()))
+    # A key the checkpoint lacks is an option added since: equal if this run keeps its default.
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, default.get(k)) != new.get(k))
+    reasons: list[str] = []
+    if changed:
+        shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        reasons.append(f"settings changed: {shown}" + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
+    if "data" in saved and saved["data"] != current["data"]:
+        reasons.append("the training rows changed (data, sampling, tokenizer or teacher targets)")
+    if reasons:
+        raise ResumeRefused(f"{path}: written by another run ({'; '.join(reasons)}). It is kept. "
+                            "To resume it, restore those settings; to start fresh and replace it, "
+                            "run `mtbert train --no-resume`")
+    if saved.get("code") not in (None, current["code"]):
+        log.warning("%s was written by code at commit %s, now %s; resuming (code changes are not "
+                    "checked)", path, saved["code"], current["code"])
+
+
+def _maybe_resume(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  current: dict[str, Any], teacher: BregmanTeacher | None = None,
+                  ema: WeightEma | None = None) -> TrainState | None:
+    """Restore model, optimizer, RNG, trainer state (SMART's teacher, the weight average) from an
+    interrupted run with the same fingerprint (`fingerprint`).
+
+    A checkpoint of another run is refused (ResumeRefused, naming what changed), never discarded;
+    one that cannot be read is refused too (CheckpointError, telling how to start fresh instead).
+    """
+    path = checkpoint_dir(cfg) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    hint = "; not resuming from it: start fresh with `mtbert train --no-resume` (resume=False)"
+    try:
+        payload = load_checkpoint(path)
+        _check_fingerprint(path, payload, current)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if teacher is not None:  # a KeyError if the checkpoint lacks it: refused below
+            teacher.module.load_state_dict(payload[TEACHER_KEY])
+        if ema is not None:
+            ema.load_state_dict(payload[EMA_KEY])
+        state = TrainState(**payload["state"])
+        restore_rng(payload)
+    except ResumeRefused:
+        raise
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{hint}") from err
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:  # not our layout
+        raise CheckpointError(f"{path}: does not match this model ({type(err).__name__}: "
+                              f"{str(err)[:300]}){hint}") from err
+    log.info("resuming from %s at epoch %d, step %d", path, state.epoch, state.global_step)
+    return state
+
+
+class StopOnSignal(Callback):
+    """SIGTERM or SIGINT: finish the current step, save the curves and a checkpoint, then stop
+    with `Interrupted` (the next run resumes there). Install it last: after every logger."""
+
+    def __init__(self, curves: CurveRecorder, ckpt: CheckpointCallback) -> None:
+        self.curves, self.ckpt = curves, ckpt
+        self.signum: int | None = None
+
+    def request(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        if self.signum is None:
+            return
+        self.curves.save()  # before the checkpoint, as at every checkpoint step (mtbert.curves)
+        self.ckpt.save(ctx)
+        name = signal.Signals(self.signum).name
+        raise Interrupted(f"stopped by {name} at step {ctx.state.global_step} of "
+                          f"{ctx.state.total_steps}; checkpoint saved", signum=self.signum,
+                          path=self.ckpt.path, fix="run the same command again to resume")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Route SIGTERM and SIGINT to `request` while training (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.request) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+EMA_KEY = "ema"  # the weight average's state in checkpoints of runs with train.ema.enabled
+
+
+def with_teacher_targets(cfg: Config, data: dict[str, TokenizedTask],
+                         frames: dict[str, pd.DataFrame]) -> dict[str, TokenizedTask]:
+    """With `train.distill` on: each distilled task's rows carry the cached teacher outputs
+    (written by the teach stage, matched to the rows by id)."""
+    if not cfg.train.distill.enabled:
+        return data
+    out = dict(data)
+    for task in cfg.train.distill.tasks:
+        if task in out:
+            out[task] = with_targets(out[task], read_teacher_outputs(cfg, task, frames[task]["id"]))
+    return out
+
+
+def tokenize_tasks(cfg: Config, tokenizer: Any, frames: dict[str, pd.DataFrame]) -> dict[str, TokenizedTask]:
+    return {task: tokenize_frame(tokenizer, frame, task, cfg.model.pair_encoding, cfg.model.max_length)
+            for task, frame in frames.items()}
+
+
+def train_model(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = ()) -> TrainState:
+    """Train the multitask model and write it to `train.out_dir` (untracked: the caller tracks).
+
+    With `resume`, a checkpoint written by an interrupted run of the same training is continued.
+    The model folder is locked meanwhile (`model_lock`); SIGTERM/SIGINT save a checkpoint and
+    raise `Interrupted`.
+    """
+    with model_lock(cfg, "train"):
+        return _train_model(cfg, resume, callbacks)
+
+
+def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback]) -> TrainState:
+    seed_everything(cfg.seed)
+    apply_threads(cfg)
+    device = resolve_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
+    frames = train_frames(cfg)
+    data = with_teacher_targets(cfg, tokenize_tasks(cfg, tokenizer, frames), frames)
+    model = build_multitask(cfg.model, cfg.train.init_from, cfg.train.tasks).to(device)
+    optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
+                                lr_scale=lr_scale_fn(model.encoder.config.num_hidden_layers, cfg.train))
+    teacher = make_teacher(model, cfg.train)  # SMART's Bregman teacher, or None
+    ema = WeightEma.from_config(cfg.train.ema) if cfg.train.ema.enabled else None
+    current = fingerprint(cfg, data)
+    state = _maybe_resume(cfg, model, optimizer, current, teacher, ema) if resume else None
+    for stale in checkpoint_dir(cfg).glob(f".{CHECKPOINT_FILE}.*.tmp"):  # from a kill mid-write
+        stale.unlink()
+    ckpt = CheckpointCallback(checkpoint_dir(cfg) / CHECKPOINT_FILE, cfg.train.checkpoint_every,
+                              to_dict(cfg), current, ema)
+    curves = _curve_recorder(cfg, state)  # before ckpt: see mtbert.curves
+    averaging = [ema] if ema is not None else []  # before ckpt: a checkpoint holds its step's average
+    stop = StopOnSignal(curves, ckpt)
+    with stop.installed():
+        state = fit(model, data, optimizer, cfg.train, cfg.seed, state,
+                    [curves, *averaging, ckpt, *callbacks, stop], teacher)
+    if ema is not None:
+        ema.copy_to(model)  # the averaged weights are the model
+    meta = {"config": to_dict(cfg), "bert_config": dataclasses.asdict(model.encoder.config),
+            "train_state": dataclasses.asdict(state)}
+    save_model(cfg.train.out_dir, model, tokenizer, meta)
+    write_curves(curves, cfg.train.out_dir)
+    (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
+    curves.path.unlink(missing_ok=True)
+    return state
+
+
+def _curve_recorder(cfg: Config, state: TrainState | None) -> CurveRecorder:
+    """The loss-curve recorder; on resume it continues the rows saved up to the checkpoint's step."""
+    path = checkpoint_dir(cfg) / CURVES_FILE
+    for stale in path.parent.glob(f".{CURVES_FILE}.*.tmp"):  # from a kill mid-write
+        stale.unlink()
+    rows = read_rows(path, upto=state.global_step) if state else []
+    if state and state.global_step and (not rows or rows[-1][0] < state.global_step):
+        log.warning("%s lacks steps %d..%d (written by an older version?); the learning curve "
+                    "has a gap there", path, rows[-1][0] + 1 if rows else 1, state.global_step)
+    return CurveRecorder(path, cfg.train.checkpoint_every, rows)
+
+
+def run(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = ()) -> tuple[TrainState, str]:
+    """The train stage: `train_model` inside the MLflow run "train"; returns the state and run id.
+
+    If the server goes away mid-run, training goes on and its metrics are kept in the project's
+    fallback file for the next tracked run to send. The learning curves and the wall time are
+    logged at the end.
+    """
+    start = time.monotonic()
+    with tracking.tracked_run(cfg, "train", fallback=unsent_path(cfg)) as tracked:
+        state = train_model(cfg, resume=resume, callbacks=[*callbacks, tracked.callback])
+        out = Path(cfg.train.out_dir)
+        # Written with the weights, never before: a failed or killed run cannot claim old weights.
+        sha = sha256_file(out / MODEL_FILE)
+        tracking.save_run_id(out, tracked.run_id, model_sha256=sha)
+        tracked.set_tags({tracking.TRAINED_SHA_TAG: sha})
+        tracked.log_artifacts([out / CURVES_FILE, out / CURVES_PNG], "curves")
+        tracked.log_metrics({"train/wall_s": time.monotonic() - start}, state.global_step)
+    return state, tracked.run_id

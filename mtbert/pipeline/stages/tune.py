@@ -1,0 +1,25 @@
+"""The tune stage: run (or resume, or join) the Optuna study; its best parameters as overrides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtbert.config import Config
+from mtbert.errors import UserError
+from mtbert.pipeline import tuning
+
+
+class NoTrialCompleted(UserError, RuntimeError):
+    """Every trial of the study failed or was pruned."""
+
+
+def run(cfg: Config, n_trials: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Run the study until it holds `n_trials` (default `tune.n_trials`) finished trials.
+
+    With `progress`, a bar over the trials (best value so far) goes to stderr. The best parameters
+    are also written to `tune.out_file`. Raises NoTrialCompleted when no trial has completed.
+    """
+    study = tuning.run_study(cfg, n_trials, progress=progress)
+    if not tuning.completed(study):
+        raise NoTrialCompleted(f"study {cfg.tune.study_name!r}: no trial completed; see the log above")
+    return tuning.best_overrides(study)
