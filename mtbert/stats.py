@@ -167,3 +167,62 @@ def paired_bootstrap_overall(preds_a: Mapping[str, np.ndarray], preds_b: Mapping
     estimate = overall_score(*scores["a"]) - overall_score(*scores["b"])
     result["overall"] = _interval(estimate, combined, level)
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Several seeds per system
+
+
+def _seed_mean_diffs(metric: str, preds_a: np.ndarray, preds_b: np.ndarray, gold: np.ndarray,
+                     n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """On each resample of the rows: mean over A's seeds of the metric minus the same for B.
+
+    preds_a (Sa, N) and preds_b (Sb, N) hold each seed's predictions of the same N rows.
+    """
+    out = []
+    if metric == "accuracy":
+        right_a = (preds_a == gold[None, :]).astype(np.float64)
+        right_b = (preds_b == gold[None, :]).astype(np.float64)
+    for idx in resample_indices(len(gold), n_resamples, rng):
+        if metric == "accuracy":
+            a = np.mean([r[idx].mean(axis=1) for r in right_a], axis=0)
+            b = np.mean([r[idx].mean(axis=1) for r in right_b], axis=0)
+        else:
+            g = gold[idx]
+            a = np.mean([_rowwise_pearson(p[idx], g) for p in preds_a], axis=0)
+            b = np.mean([_rowwise_pearson(p[idx], g) for p in preds_b], axis=0)
+        out.append(a - b)
+    return np.concatenate(out)
+
+
+def paired_bootstrap_seeds(preds_a: Mapping[str, np.ndarray], preds_b: Mapping[str, np.ndarray],
+                           gold: Mapping[str, np.ndarray], n_resamples: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> dict[str, Interval]:
+    """Paired bootstrap of the seed-averaged difference A - B per task and overall.
+
+    Like `paired_bootstrap_overall`, but each system is given by several seeds' predictions,
+    (S, N) per task (S may differ between A and B): the statistic of a resample is the mean over
+    seeds of the metric on those rows, so the interval covers both row sampling and what the
+    seeds average out. Tasks absent from either side are left out, and so is "overall" then.
+    """
+    result: dict[str, Interval] = {}
+    diffs: dict[str, np.ndarray] = {}
+    estimates: dict[str, float] = {}
+    for i, task in enumerate(TASKS):
+        if task not in preds_a or task not in preds_b:
+            continue
+        metric = TASK_SPECS[task].metric
+        dtype = np.float64 if metric == "pearson" else None
+        a, b = (np.atleast_2d(np.asarray(p[task], dtype=dtype)) for p in (preds_a, preds_b))
+        g = np.asarray(gold[task], dtype=dtype)
+        if a.shape[1] != g.size or b.shape[1] != g.size or g.size < 2:
+            raise ValueError(f"{task}: predictions {a.shape}, {b.shape} do not match {g.size} gold rows")
+        diffs[task] = _seed_mean_diffs(metric, a, b, g, n_resamples, np.random.default_rng((seed, i)))
+        estimates[task] = (float(np.mean([_metric(metric, r, g) for r in a]))
+                           - float(np.mean([_metric(metric, r, g) for r in b])))
+        result[task] = _interval(estimates[task], diffs[task], level)
+    if set(diffs) == set(TASKS):
+        combined = (diffs["sst"] + diffs["para"] + diffs["sts"] / 2.0) / 3.0
+        estimate = (estimates["sst"] + estimates["para"] + estimates["sts"] / 2.0) / 3.0
+        result["overall"] = _interval(estimate, combined, level)
+    return result

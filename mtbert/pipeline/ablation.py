@@ -29,16 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import yaml
 
 from mtbert.config import Config, ConfigError, flatten, parse_override, to_dict, with_overrides
 from mtbert.fileio import atomic_write_text
 from mtbert.pipeline import tracking
-from mtbert.pipeline.project import checkpoint_dir, unsent_path
+from mtbert.pipeline.project import checkpoint_dir, dev_frame, unsent_path
 from mtbert.pipeline.stages.evaluate import evaluate_model
 from mtbert.pipeline.stages import teach
 from mtbert.pipeline.stages.pretrain_mlm import pretrain
 from mtbert.pipeline.stages.train import train_model
+from mtbert.metrics import overall_score
+from mtbert.stats import Interval, paired_bootstrap_seeds, seed_summary
 from mtbert.tasks import TASKS
 
 RESULT_FILE = "result.json"
@@ -209,6 +212,7 @@ def run_set(base: Config, ablation: AblationSet, *, root: str | Path, out: str |
                for v in ablation.variants}  # all resolved first: a bad override fails before training
     rows: list[dict[str, Any]] = []
     paths: tuple[Path, ...] = ()
+    gold = dev_gold(base)
     with _parent_run(base, ablation, set_dir):
         for variant in ablation.variants:
             cfg = configs[variant.folder()]
@@ -216,7 +220,7 @@ def run_set(base: Config, ablation: AblationSet, *, root: str | Path, out: str |
                    if only is None or variant.name in only else _finished(cfg))
             if row is not None:
                 rows.append(row)
-                paths = write_tables(rows, out, ablation)
+                paths = write_tables(rows, out, ablation, gold)
         with tracking.best_effort("log the ablation tables to MLflow"), tracking.bounded_http():
             for path in paths:
                 mlflow.log_artifact(str(path), artifact_path="ablation")
@@ -309,6 +313,7 @@ def _row(ablation: AblationSet, variant: Variant, cfg: Config, measured: dict[st
     row.update({column: measured.get(key, float("nan")) for key, column in METRIC_COLUMNS.items()})
     row.update({key: measured[key] for key in ("train_steps", "mlm_s", "train_s", "eval_s", "wall_s")})
     row["train_steps"] = int(row["train_steps"])
+    row["eval_dir"] = cfg.eval.out_dir  # its dev predictions: the bootstrap intervals read them
     return row
 
 
@@ -316,28 +321,125 @@ def _row(ablation: AblationSet, variant: Variant, cfg: Config, measured: dict[st
 # Tables
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The results as a markdown table; the first row is the reference of the delta column."""
+def markdown_table(rows: list[dict[str, Any]], reference: str | dict[str, str] | None = None,
+                   gold: dict[str, np.ndarray] | None = None) -> str:
+    """The results as markdown: one row per configuration (mean ± sd over its seeds), the
+    difference in overall against the reference (default: the first configuration) with its
+    paired bootstrap 95% interval, and a second table of the per-task differences.
+
+    `gold` (dev labels per task, in the order of the prediction files) enables the intervals.
+    """
     if not rows:
         return "(no results)"
-    reference = rows[0]["dev_overall"]
-    lines = [f"| config | overrides | seed | SST acc | Quora acc | STS r | overall | "
-             f"Δ overall vs {rows[0]['config']} | steps | wall (s) |",
+    groups = _groups(rows)
+    reference = reference or next(iter(groups))
+    ref_name = reference if isinstance(reference, str) else " + ".join(reference.values())
+    intervals = {name: _intervals(groups, name, reference, gold) for name in groups}
+    ref_overall = _reference_overall(groups, reference)
+    lines = ["| config | overrides | seeds | SST acc | Quora acc | STS r | overall | "
+             f"Δ overall vs {ref_name} (95% CI) | steps | wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['config']} | {r['overrides'].replace('; ', ', ') or '(none)'} | {r['seed']} | "
-            f"{r['dev_sst_acc']:.4f} | {r['dev_para_acc']:.4f} | {r['dev_sts_pearson']:.4f} | "
-            f"{r['dev_overall']:.4f} | {r['dev_overall'] - reference:+.4f} | {r['train_steps']} | "
-            f"{r['wall_s']:.0f} |")
+    for name, runs in groups.items():
+        cells = [_mean_sd([r[c] for r in runs]) for c in METRIC_COLUMNS.values()]
+        lines.append(f"| {name} | {runs[0]['overrides'].replace('; ', ', ') or '(none)'} | "
+                     f"{', '.join(str(r['seed']) for r in runs)} | {' | '.join(cells)} | "
+                     f"{_delta_cell(intervals[name].get('overall'), runs, ref_overall)} | "
+                     f"{runs[0]['train_steps']} | "
+                     f"{np.mean([float(r['wall_s']) for r in runs]):.0f} |")
+    if any(intervals.values()):
+        lines += ["", f"Per task, Δ vs {ref_name} (paired bootstrap over the dev rows, seeds averaged):",
+                  "", "| config | Δ SST acc | Δ Quora acc | Δ STS r |", "|---|---|---|---|"]
+        lines += [f"| {name} | " + " | ".join(_interval_cell(found.get(t)) for t in TASKS) + " |"
+                  for name, found in intervals.items()]
     return "\n".join(lines)
 
 
-def write_tables(rows: list[dict[str, Any]], out: str | Path, ablation: AblationSet) -> tuple[Path, Path]:
+def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["config"], []).append(row)
+    return groups
+
+
+def _mean_sd(values: list[Any]) -> str:
+    array = np.array([float(v) for v in values], dtype=float)
+    if np.isnan(array).all():
+        return "–"
+    summary = seed_summary(array[~np.isnan(array)])
+    return f"{summary.mean:.4f}" if summary.n == 1 else f"{summary.mean:.4f} ± {summary.sd:.4f}"
+
+
+def _reference_overall(groups: dict[str, list[dict[str, Any]]],
+                       reference: str | dict[str, str]) -> float:
+    """The reference's mean overall; for a per-task reference, the overall of its task means."""
+    def mean(name: str, column: str) -> float:
+        return float(np.nanmean([float(r[column]) for r in groups.get(name, [])] or [np.nan]))
+
+    if isinstance(reference, str):
+        return mean(reference, "dev_overall")
+    return overall_score(mean(reference["sst"], "dev_sst_acc"), mean(reference["para"], "dev_para_acc"),
+                         mean(reference["sts"], "dev_sts_pearson"))
+
+
+def _delta_cell(interval: Interval | None, runs: list[dict[str, Any]], ref_overall: float) -> str:
+    """Δ overall with its interval when predictions allow one, else the plain difference of means."""
+    if interval is not None:
+        return _interval_cell(interval)
+    overall = [float(r["dev_overall"]) for r in runs]
+    if np.isnan(overall).all() or np.isnan(ref_overall):
+        return "–"
+    return f"{np.nanmean(overall) - ref_overall:+.4f}"
+
+
+def _interval_cell(interval: Interval | None) -> str:
+    if interval is None:
+        return "–"
+    mark = " *" if interval.excludes_zero() else ""
+    return f"{interval.estimate:+.4f} [{interval.low:+.4f}, {interval.high:+.4f}]{mark}"
+
+
+def _intervals(groups: dict[str, list[dict[str, Any]]], name: str, reference: str | dict[str, str],
+               gold: dict[str, np.ndarray] | None) -> dict[str, Interval]:
+    """Paired bootstrap intervals of `name` against the reference, per task and overall."""
+    if gold is None:
+        return {}
+    by_task = reference if isinstance(reference, dict) else dict.fromkeys(TASKS, reference)
+    if name in by_task.values():  # the reference itself
+        return {}
+    mine, theirs = {}, {}
+    for task in TASKS:
+        a = _seed_predictions(groups.get(name, []), task, len(gold[task]))
+        b = _seed_predictions(groups.get(by_task[task], []), task, len(gold[task]))
+        if a is not None and b is not None:
+            mine[task], theirs[task] = a, b
+    return paired_bootstrap_seeds(mine, theirs, gold) if mine else {}
+
+
+def _seed_predictions(runs: list[dict[str, Any]], task: str, rows: int) -> np.ndarray | None:
+    """(seeds, rows) dev predictions of a configuration for `task`, or None if any is missing."""
+    found = []
+    for run in runs:
+        path = Path(str(run.get("eval_dir", ""))) / "predictions" / f"{task}-dev-output.csv"
+        if not run.get("eval_dir") or not path.exists():
+            return None
+        values = [float(line.rsplit(",", 1)[1]) for line in path.read_text().splitlines()[1:] if line.strip()]
+        if len(values) != rows:
+            return None
+        found.append(values)
+    return np.array(found) if found else None
+
+
+def dev_gold(base: Config) -> dict[str, np.ndarray]:
+    """The dev labels per task, in the order evaluate writes its prediction files."""
+    return {task: dev_frame(base, task)["label"].to_numpy() for task in TASKS}
+
+
+def write_tables(rows: list[dict[str, Any]], out: str | Path, ablation: AblationSet,
+                 gold: dict[str, np.ndarray] | None = None) -> tuple[Path, Path]:
     """Write the set's table into `OUT.md` (between its markers) and its rows into `OUT.csv`."""
     md_path, csv_path = Path(f"{out}.md"), Path(f"{out}.csv")
     start, end = f"<!-- ablation:{ablation.name}:start -->", f"<!-- ablation:{ablation.name}:end -->"
-    block = f"{start}\n{markdown_table(rows)}\n{end}"
+    block = f"{start}\n{markdown_table(rows, ablation.reference, gold)}\n{end}"
     text = md_path.read_text() if md_path.exists() else "# Ablation results\n"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]

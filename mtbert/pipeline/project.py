@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from mtbert.config import Config
+from mtbert.data import read_prepared
 from mtbert.errors import UserError
 
 REPORT_FILE = "report.json"  # what prepare and augment write beside their tables
@@ -73,14 +74,14 @@ def train_frames(cfg: Config) -> dict[str, pd.DataFrame]:
     augmented = cfg.data.train_source == "augmented"
     frames = {}
     for task in cfg.train.tasks:  # each task's sample depends on the seed alone, not on the others
-        frame = pd.read_parquet(prepared_path(cfg, task, "train", augmented))
+        frame = read_prepared(prepared_path(cfg, task, "train", augmented))
         frame = _sample(frame, cfg.data.train_size.get(task), replace=False, seed=cfg.seed)
         frames[task] = _sample(frame, cfg.data.resample_to.get(task), replace=True, seed=cfg.seed)
     return frames
 
 
 def dev_frame(cfg: Config, task: str, split: str = "dev") -> pd.DataFrame:
-    frame = pd.read_parquet(prepared_path(cfg, task, split))
+    frame = read_prepared(prepared_path(cfg, task, split))
     size = cfg.data.dev_size.get(task) if split == "dev" else None
     return frame if size is None else frame.head(size)
 
@@ -101,7 +102,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device: cuda requested but torch sees no CUDA device")
+        raise UserError("cuda requested but torch sees no CUDA device", field="train.device",
+                        fix="use train.device=auto or cpu, or install a CUDA build of torch")
     return torch.device(name)
 
 

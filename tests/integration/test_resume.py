@@ -7,7 +7,8 @@ One module fixture does the expensive runs, in copies of the prepared tiny proje
   default).
 * B: a copy of A right after the kill, trained with `mtbert -q train --no-resume`: an uninterrupted
   run from step 0 that has to ignore the checkpoint lying there.
-* C: another copy of A after the kill, trained with a different config: must start fresh.
+* C: another copy of A after the kill, trained with a different config: refused, the checkpoint
+  kept; then with only runtime settings changed (threads, checkpoint interval): resumed.
 
 The tracking store is each project's own `sqlite:///mlflow.db`; the per-step metrics it records
 tell where each run started.
@@ -54,6 +55,8 @@ class Runs:
     killed_model: dict = field(default_factory=dict)  # and its model weights
     model_after_kill: bool = True  # whether A had written a final model when it was killed
     killed_stderr: str = ""
+    killed_bytes: bytes = b""
+    kept_bytes: bytes = b""
     out: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -62,12 +65,12 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV_KEYS}
 
 
-def _mtbert(runs: Runs, name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _mtbert(runs: Runs, name: str, args: list[str], cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "mtbert.cli", *args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=600)
     runs.seconds[name] = time.monotonic() - start
-    if proc.returncode != 0:
+    if proc.returncode != expect:
         pytest.fail(f"{name}: mtbert {' '.join(args)} failed ({proc.returncode}):\n"
                     f"{proc.stderr[-4000:]}")
     runs.out[name] = proc
@@ -113,8 +116,12 @@ def runs(prepared_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Ru
     shutil.copytree(a, runs.c)
     _mtbert(runs, "A resumed", ["train", *CONFIG], a)
     _mtbert(runs, "B --no-resume", ["-q", "train", "--no-resume", *CONFIG], runs.b)
+    runs.killed_bytes = (runs.c / CHECKPOINT).read_bytes()
     _mtbert(runs, "C other config", ["train", *CONFIG[:-1], "data.train_size={sst: 8, para: 8, sts: 8}"],
-            runs.c)
+            runs.c, expect=2)
+    runs.kept_bytes = (runs.c / CHECKPOINT).read_bytes()
+    _mtbert(runs, "C runtime only", ["train", *CONFIG, "train.threads=1",
+                                     "train.checkpoint_every=3"], runs.c)
     _mtbert(runs, "A evaluate", ["-q", "evaluate"], a)
     _mtbert(runs, "B evaluate", ["-q", "evaluate"], runs.b)
     print("\nresume timings (s):", {k: round(v, 1) for k, v in runs.seconds.items()})
@@ -184,14 +191,22 @@ def test_no_resume_ignores_the_checkpoint(runs: Runs) -> None:
     assert not (runs.b / CHECKPOINT).exists()
 
 
-def test_other_config_starts_fresh_with_a_warning(runs: Runs) -> None:
+def test_other_config_is_refused_and_the_checkpoint_kept(runs: Runs) -> None:
     out = runs.out["C other config"]
-    warning = (f"WARNING mtbert: not resuming {CHECKPOINT}: it was written with a different config "
-               "(data.train_size.para, data.train_size.sst, data.train_size.sts); starting fresh")
-    assert warning in out.stderr
-    assert "resuming from" not in out.stderr
-    assert "trained 6 steps" in out.stdout  # 1 batch per task, 3 annealed steps per epoch, 2 epochs
-    assert sorted(_step_metrics(runs.c)[-1]["train/lr"]) == list(range(1, 7))
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"mtbert train: {CHECKPOINT}: written by another run (settings changed: data.train_size.para 32 -> 8")
+    assert "It is kept" in out.stderr and "--no-resume" in out.stderr and "Traceback" not in out.stderr
+    assert runs.kept_bytes == runs.killed_bytes
+
+
+def test_runtime_settings_resume_the_same_run(runs: Runs) -> None:
+    out = runs.out["C runtime only"]
+    assert f"resuming from {CHECKPOINT} at epoch 0" in out.stderr
+    assert f"trained {TOTAL_STEPS} steps" in out.stdout
+    weights = load_file(str(runs.c / MODEL))
+    reference = load_file(str(runs.a / MODEL))  # A resumed with the same settings
+    assert weights.keys() == reference.keys()
+    assert all(torch.allclose(weights[k], reference[k], atol=1e-4) for k in weights)  # 1 vs 2 threads
 
 
 def test_quiet_mode_hides_the_progress_bar(runs: Runs) -> None:

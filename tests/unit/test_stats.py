@@ -119,3 +119,31 @@ def test_bad_inputs_are_rejected() -> None:
         paired_bootstrap("accuracy", [0, 1, 1], [0, 1], [0, 1])
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap("accuracy", [0, 1], [0, 1], [0, 1], level=1.0)
+
+
+def test_seed_bootstrap_with_one_seed_equals_the_plain_one() -> None:
+    from mtbert.stats import paired_bootstrap_overall, paired_bootstrap_seeds
+
+    rng = np.random.default_rng(3)
+    gold = {"sst": rng.integers(0, 5, 41), "para": rng.integers(0, 2, 37), "sts": rng.random(29) * 5}
+    a = {"sst": rng.integers(0, 5, 41), "para": rng.integers(0, 2, 37), "sts": gold["sts"] + rng.random(29)}
+    b = {"sst": rng.integers(0, 5, 41), "para": rng.integers(0, 2, 37), "sts": rng.random(29) * 5}
+    plain = paired_bootstrap_overall(a, b, gold, n_resamples=200, seed=5)
+    seeds = paired_bootstrap_seeds({t: v[None, :] for t, v in a.items()},
+                                   {t: v[None, :] for t, v in b.items()}, gold, n_resamples=200, seed=5)
+    for key in ("sst", "para", "sts", "overall"):
+        assert seeds[key].estimate == pytest.approx(plain[key].estimate)
+        assert (seeds[key].low, seeds[key].high) == pytest.approx((plain[key].low, plain[key].high))
+
+
+def test_seed_bootstrap_averages_seeds() -> None:
+    from mtbert.stats import paired_bootstrap_seeds
+
+    gold = {"sst": np.array([0, 1, 2, 3, 4, 0, 1, 2])}
+    right, wrong = gold["sst"], (gold["sst"] + 1) % 5
+    # A: one seed all right, one all wrong (mean accuracy .5); B: always wrong (0).
+    out = paired_bootstrap_seeds({"sst": np.stack([right, wrong])}, {"sst": wrong[None, :]}, gold,
+                                 n_resamples=100)
+    assert out["sst"].estimate == pytest.approx(0.5)
+    assert out["sst"].low == pytest.approx(0.5) and out["sst"].high == pytest.approx(0.5)
+    assert "overall" not in out  # only sst was given

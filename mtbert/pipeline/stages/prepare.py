@@ -16,13 +16,19 @@ from mtbert.pipeline.project import REPORT_FILE, prepared_path
 log = logging.getLogger("mtbert")
 
 
-def import_data(cfg: Config, source: str | None = None) -> list[Path]:
+def import_data(cfg: Config, source: str | None = None) -> data_io.ImportResult:
     """Copy the course CSVs from `source` (default `data.source`) into `data.raw_dir`."""
     return data_io.import_raw(source or cfg.data.source, cfg.data.raw_dir)
 
 
 def run(cfg: Config) -> dict[str, Any]:
     """Validate every raw file and write typed parquet tables plus a report of skipped rows."""
+    missing = [name for (_, split), name in data_io.RAW_FILES.items()
+               if split in data_io.REQUIRED_SPLITS and not (Path(cfg.data.raw_dir) / name).exists()]
+    if missing:  # before reading anything: one error, not warnings about other files first
+        raise data_io.MissingFileError(f"required data files missing: {', '.join(missing)}",
+                                       path=cfg.data.raw_dir,
+                                       fix="import the course data with `mtbert import-data --source DIR`")
     report: dict[str, Any] = {"on_error": cfg.data.on_error, "files": {}, "issues": []}
     for (task, split), name in data_io.RAW_FILES.items():
         if split not in data_io.REQUIRED_SPLITS and not (Path(cfg.data.raw_dir) / name).exists():
