@@ -2,21 +2,25 @@
 
 An epoch is fully determined by (seed, epoch): the per-task batches and the task schedule are
 rebuilt from them, so a resumed run skips to its step and continues exactly where it stopped.
-Logging, checkpoints and evaluation hook in through callbacks from the edge.
+Logging, checkpoints and evaluation hook in through callbacks from the edge. With the ranks of a
+torchrun job (`fit(..., dist=...)`), each rank trains on its slice of every batch
+(`data_parallel_step`, costs and exactness in `mtbert.distributed`); one process runs `train_step`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtbert.batching import Batch, TokenizedTask, collate, make_batches
 from mtbert.callbacks import Callback, FitContext, TrainState
 from mtbert.config import TrainConfig
 from mtbert.distill import distill_loss, lam_at, mix
+from mtbert.distributed import SINGLE, Dist
 from mtbert.losses import STS_MAX_SCORE, task_loss
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import lr_at
@@ -194,7 +198,8 @@ def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.
     are alive at a time. With PCGrad the per-task gradients are kept apart and combined by
     gradient surgery instead of summed. A SMART `teacher` (see `make_teacher`) adds the Bregman
     proximal term and is moved toward the new weights after the optimizer step. `distill_lam`
-    mixes in the teacher targets (see `batch_loss`).
+    mixes in the teacher targets (see `batch_loss`). One process; `data_parallel_step` is the
+    same step across ranks.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -209,16 +214,129 @@ def train_step(model: MultitaskBert, batches: Sequence[Batch], optimizer: torch.
             task_grads.append(flat_grads(params))
             optimizer.zero_grad(set_to_none=True)
     if surgery:
-        result = pcgrad(task_grads, torch.Generator().manual_seed(step_seed))
-        assign_flat_grad(params, result.grad)
-        metrics["train/pcgrad_conflict_fraction"] = result.num_conflicts / max(result.num_pairs, 1)
+        _surgery(params, task_grads, step_seed, metrics)
+    _apply_step(model, optimizer, cfg, teacher, metrics)
+    return metrics
+
+
+def _surgery(params: list[nn.Parameter], task_grads: Sequence[Tensor], step_seed: int,
+             metrics: dict[str, float]) -> None:
+    """PCGrad over the per-task flat gradients, written into the parameters' `.grad`."""
+    result = pcgrad(list(task_grads), torch.Generator().manual_seed(step_seed))
+    assign_flat_grad(params, result.grad)
+    metrics["train/pcgrad_conflict_fraction"] = result.num_conflicts / max(result.num_pairs, 1)
+
+
+def _apply_step(model: MultitaskBert, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                teacher: BregmanTeacher | None, metrics: dict[str, float]) -> None:
+    """Clip the gradients, take the optimizer step, and move SMART's teacher after it."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if cfg.grad_clip > 0:
         metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if teacher is not None:
         teacher.update(model)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of one task's global batch in a data-parallel step.
+
+    Attributes:
+        task: the batch's task.
+        batch: this rank's rows of it, on the training device; None when its slice is empty.
+        share: local rows / global rows: the weight of the local mean in the global batch mean.
+    """
+
+    task: str
+    batch: Batch | None
+    share: float
+
+
+def shard_batch(data: TokenizedTask, rows: Sequence[int], dist: Dist, device: torch.device) -> Shard:
+    """This rank's `Shard` of the global batch `rows` (positions in `data`)."""
+    local = dist.shard(rows)
+    batch = collate(data, local).to(device) if local else None
+    return Shard(data.task, batch, len(local) / len(rows))
+
+
+def loss_metric_keys(task: str, cfg: TrainConfig, teacher: BregmanTeacher | None,
+                     distill_lam: float | None) -> list[str]:
+    """The metrics a step records for a batch of `task` (its loss, and what `batch_loss` adds),
+    known without computing them: a rank whose slice is empty contributes 0 to each."""
+    keys = [f"train/{task}/loss"]
+    if distill_lam is not None and task in cfg.distill.tasks:
+        keys += [f"train/{task}/gold", f"train/{task}/distill"]
+    if cfg.smart.enabled:
+        keys.append(f"train/{task}/smart")
+    if uses_bregman(cfg) and teacher is not None:
+        keys.append(f"train/{task}/bregman")
+    return keys
+
+
+def data_parallel_step(model: MultitaskBert, shards: Sequence[Shard],
+                       optimizer: torch.optim.Optimizer, cfg: TrainConfig, dist: Dist, step_seed: int,
+                       teacher: BregmanTeacher | None = None,
+                       distill_lam: float | None = None) -> dict[str, float]:
+    """`train_step` on this rank's `shards` of the step's global batches, with the other ranks.
+
+    Each shard's loss is back-propagated weighted by its `share`, so the sum over ranks of the
+    local gradients is one process's gradient of the global batches. One all-reduce per step
+    carries the flat gradient, a has-gradient flag per parameter tensor (a parameter that no rank
+    gave a gradient keeps none, and the optimizer skips it, as in one process) and the weighted
+    metrics, which become the global batch means; with PCGrad it carries the per-task gradients
+    (K, P) instead, and every rank projects them with the same seeded order. Clipping, the
+    optimizer step and SMART's teacher update follow on the reduced gradient, identically on every
+    rank. Costs and what is exact: `mtbert.distributed`.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    keys = list(dict.fromkeys(key for shard in shards
+                              for key in loss_metric_keys(shard.task, cfg, teacher, distill_lam)))
+    local = dict.fromkeys(keys, 0.0)
+    task_grads: list[Tensor] = []
+    surgery = cfg.pcgrad and len(shards) > 1
+    for shard in shards:
+        if shard.batch is not None:
+            local.update(_shard_backward(model, shard, cfg, teacher, distill_lam))
+        if surgery:
+            task_grads.append(flat_grads(params))
+            optimizer.zero_grad(set_to_none=True)
+    if len(local) != len(keys):
+        raise RuntimeError(f"metrics {sorted(set(local) - set(keys))} missing from loss_metric_keys")
+    values = torch.tensor([local[k] for k in keys], dtype=torch.float32, device=params[0].device)
+    if surgery:
+        grads, values = dist.all_reduce_flat([torch.stack(task_grads), values])
+        metrics = dict(zip(keys, values.tolist()))
+        _surgery(params, list(grads), step_seed, metrics)
+    else:
+        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+                             device=values.device)
+        grad, flags, values = dist.all_reduce_flat([flat_grads(params), flags, values])
+        _assign_reduced(params, grad, flags)
+        metrics = dict(zip(keys, values.tolist()))
+    _apply_step(model, optimizer, cfg, teacher, metrics)
     return metrics
+
+
+def _shard_backward(model: MultitaskBert, shard: Shard, cfg: TrainConfig,
+                    teacher: BregmanTeacher | None, distill_lam: float | None) -> dict[str, float]:
+    """Back-propagate the shard's loss weighted by its share; its metrics, weighted the same."""
+    metrics: dict[str, float] = {}
+    loss = batch_loss(model, shard.batch, cfg, metrics, teacher, distill_lam)
+    (cfg.loss_scale.get(shard.task) * shard.share * loss).backward()
+    metrics[f"train/{shard.task}/loss"] = loss.item()
+    return {k: shard.share * v for k, v in metrics.items()}
+
+
+def _assign_reduced(params: list[nn.Parameter], flat: Tensor, flags: Tensor) -> None:
+    """Write the reduced flat gradient into `.grad`; None where no rank had a gradient."""
+    offset = 0
+    for param, has_grad in zip(params, flags.tolist()):
+        chunk = flat[offset:offset + param.numel()]
+        param.grad = chunk.view_as(param) if has_grad > 0 else None
+        offset += param.numel()
 
 
 def _cursors(schedule: list[tuple[str, ...]], upto: int) -> dict[str, int]:
@@ -254,7 +372,8 @@ def _check_data(data: dict[str, TokenizedTask], cfg: TrainConfig) -> None:
 
 def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.optim.Optimizer,
         cfg: TrainConfig, seed: int, state: TrainState | None = None,
-        callbacks: Sequence[Callback] = (), teacher: BregmanTeacher | None = None) -> TrainState:
+        callbacks: Sequence[Callback] = (), teacher: BregmanTeacher | None = None,
+        dist: Dist = SINGLE) -> TrainState:
     """Train for `cfg.epochs` epochs, resuming from `state` if given.
 
     Args:
@@ -268,6 +387,9 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
         callbacks: hooks for logging, checkpoints and evaluation.
         teacher: SMART's EMA teacher (`make_teacher`), restored with `state` when resuming; None
             with the Bregman term on starts one from `model` (only when not resuming).
+        dist: the ranks of a data-parallel job (`mtbert.distributed`): every rank plans the same
+            batches, trains on its slice of each (`data_parallel_step`) and ends with the same
+            weights. The default, one process, runs `train_step` on whole batches.
     """
     _check_data(data, cfg)
     device = next(model.parameters()).device
@@ -282,14 +404,16 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
             lr = lr_at(state.global_step, state.total_steps, cfg.lr, warmup, cfg.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            step_batches = []
-            for task in step_tasks:  # smaller tasks cycle through their batches (round-robin)
-                rows = batches[task][cursor[task] % len(batches[task])]
-                cursor[task] += 1
-                step_batches.append(collate(data[task], rows).to(device))
+            rows = _take_rows(batches, step_tasks, cursor)
             lam = distill_lam_at(cfg, state)
-            metrics = train_step(model, step_batches, optimizer, cfg, _seed_for(seed, state.global_step),
-                                 teacher, lam)
+            step_seed = _seed_for(seed, state.global_step)
+            if dist.enabled:
+                shards = [shard_batch(data[task], r, dist, device) for task, r in rows]
+                metrics = data_parallel_step(model, shards, optimizer, cfg, dist, step_seed, teacher,
+                                             lam)
+            else:
+                step_batches = [collate(data[task], r).to(device) for task, r in rows]
+                metrics = train_step(model, step_batches, optimizer, cfg, step_seed, teacher, lam)
             metrics["train/lr"] = lr
             if lam is not None:
                 metrics["train/distill_lam"] = lam
@@ -302,3 +426,13 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
         for cb in callbacks:
             cb.on_epoch_end(ctx)
     return state
+
+
+def _take_rows(batches: dict[str, list[list[int]]], step_tasks: tuple[str, ...],
+               cursor: dict[str, int]) -> list[tuple[str, list[int]]]:
+    """The (task, rows) of a step's global batches; advances `cursor`."""
+    out = []
+    for task in step_tasks:  # smaller tasks cycle through their batches (round-robin)
+        out.append((task, batches[task][cursor[task] % len(batches[task])]))
+        cursor[task] += 1
+    return out

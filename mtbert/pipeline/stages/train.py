@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -39,7 +40,8 @@ from mtbert.checkpoint import (
 from mtbert.config import Config, flatten, to_dict
 from mtbert.curves import CURVES_FILE, CURVES_PNG, CurveRecorder, read_rows, write_curves
 from mtbert.distill import with_targets
-from mtbert.errors import Interrupted
+from mtbert.distributed import SINGLE, Dist, RankLost, process_group
+from mtbert.errors import Interrupted, UserError
 from mtbert.fileio import sha256_file
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.model.multitask import build_multitask
@@ -103,6 +105,11 @@ class TrainProgress(Callback):
 
     def on_epoch_end(self, ctx: FitContext) -> None:
         if self.bar is not None and ctx.state.global_step >= ctx.state.total_steps:
+            self.bar.close()
+
+    def close(self) -> None:
+        """End the bar's line (training stopped early), so an error message starts a line."""
+        if self.bar is not None:
             self.bar.close()
 
 
@@ -193,24 +200,37 @@ def _maybe_resume(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Op
 
 class StopOnSignal(Callback):
     """SIGTERM or SIGINT: finish the current step, save the curves and a checkpoint, then stop
-    with `Interrupted` (the next run resumes there). Install it last: after every logger."""
+    with `Interrupted` (the next run resumes there). Install it last: after every logger.
 
-    def __init__(self, curves: CurveRecorder, ckpt: CheckpointCallback) -> None:
-        self.curves, self.ckpt = curves, ckpt
+    Data-parallel (`dist`): the ranks agree after every step whether any of them was signalled,
+    so all stop after the same step; rank 0 saves (the others pass no `curves`/`ckpt`) and every
+    rank waits for that save before it exits (torchrun would end rank 0 mid-write).
+    """
+
+    def __init__(self, curves: CurveRecorder | None, ckpt: CheckpointCallback | None,
+                 dist: Dist = SINGLE, path: Path | None = None) -> None:
+        self.curves, self.ckpt, self.dist = curves, ckpt, dist
+        self.path = ckpt.path if ckpt is not None else path  # where rank 0 saves
         self.signum: int | None = None
 
     def request(self, signum: int, frame: Any) -> None:
         self.signum = signum
 
     def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
-        if self.signum is None:
+        requested = self.signum is not None
+        if self.dist.enabled:
+            requested = self.dist.any(requested)
+        if not requested:
             return
-        self.curves.save()  # before the checkpoint, as at every checkpoint step (mtbert.curves)
-        self.ckpt.save(ctx)
-        name = signal.Signals(self.signum).name
+        if self.curves is not None and self.ckpt is not None:
+            self.curves.save()  # before the checkpoint, as at every checkpoint step (mtbert.curves)
+            self.ckpt.save(ctx)
+        self.dist.barrier()
+        signum = self.signum if self.signum is not None else signal.SIGTERM
+        name = signal.Signals(signum).name
         raise Interrupted(f"stopped by {name} at step {ctx.state.global_step} of "
-                          f"{ctx.state.total_steps}; checkpoint saved", signum=self.signum,
-                          path=self.ckpt.path, fix="run the same command again to resume")
+                          f"{ctx.state.total_steps}; checkpoint saved", signum=signum,
+                          path=self.path, fix="run the same command again to resume")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -224,6 +244,47 @@ class StopOnSignal(Callback):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+class RankSync(Callback):
+    """Data-parallel ranks meet at every checkpoint (installed after the checkpoint callback, so
+    rank 0 has written it before any rank goes on) and at the end; every rank knows the last step
+    saved, and a lost rank becomes one clear error (`reporting_lost_ranks`)."""
+
+    def __init__(self, dist: Dist, every: int, state: TrainState | None, path: Path) -> None:
+        self.dist, self.every, self.path = dist, every, path
+        self.saved_step = state.global_step if state else None  # the checkpoint resumed from
+        self.step = state.global_step if state else 0
+
+    def on_step(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        self.step = ctx.state.global_step
+        if self.every and self.step % self.every == 0:
+            self.meet(ctx.state.global_step)
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        self.meet(ctx.state.global_step)
+
+    def meet(self, saved_step: int | None = None) -> None:
+        self.dist.barrier()
+        if saved_step is not None:
+            self.saved_step = saved_step
+
+    @contextlib.contextmanager
+    def reporting_lost_ranks(self) -> Iterator[None]:
+        """A failed collective (another rank died; torchrun ends the job) as one UserError line:
+        the step, the last checkpoint, and that rerunning resumes from it."""
+        try:
+            yield
+        except RankLost as err:
+            if threading.current_thread() is threading.main_thread():
+                # torchrun is ending the job: its SIGTERM must not cut this message short.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            fix = ("no checkpoint was written yet: run the same command again to start over"
+                   if self.saved_step is None else f"the last checkpoint is at step "
+                   f"{self.saved_step}: run the same command again to resume from it")
+            raise UserError(f"lost a rank of the data-parallel job after step {self.step} (rank "
+                            f"{self.dist.rank} of {self.dist.world_size} saw: {err})",
+                            path=self.path, fix=fix) from err
 
 
 EMA_KEY = "ema"  # the weight average's state in checkpoints of runs with train.ema.enabled
@@ -247,21 +308,24 @@ def tokenize_tasks(cfg: Config, tokenizer: Any, frames: dict[str, pd.DataFrame])
             for task, frame in frames.items()}
 
 
-def train_model(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = ()) -> TrainState:
+def train_model(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = (),
+                dist: Dist = SINGLE) -> TrainState:
     """Train the multitask model and write it to `train.out_dir` (untracked: the caller tracks).
 
     With `resume`, a checkpoint written by an interrupted run of the same training is continued.
     The model folder is locked meanwhile (`model_lock`); SIGTERM/SIGINT save a checkpoint and
-    raise `Interrupted`.
+    raise `Interrupted`. Data-parallel (`dist`, its process group joined): every rank trains the
+    same model on its slice of each batch; rank 0 alone holds the lock and writes checkpoints,
+    curves and the model, and every rank resumes from the checkpoint it wrote.
     """
-    with model_lock(cfg, "train"):
-        return _train_model(cfg, resume, callbacks)
+    with model_lock(cfg, "train") if dist.is_main else contextlib.nullcontext():
+        return _train_model(cfg, resume, callbacks, dist)
 
 
-def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback]) -> TrainState:
+def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback], dist: Dist) -> TrainState:
     seed_everything(cfg.seed)
     apply_threads(cfg)
-    device = resolve_device(cfg.train.device)
+    device = torch.device(dist.device) if dist.enabled else resolve_device(cfg.train.device)
     tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
     frames = train_frames(cfg)
     data = with_teacher_targets(cfg, tokenize_tasks(cfg, tokenizer, frames), frames)
@@ -269,19 +333,69 @@ def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback]) -> Tr
     optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
                                 lr_scale=lr_scale_fn(model.encoder.config.num_hidden_layers, cfg.train))
     teacher = make_teacher(model, cfg.train)  # SMART's Bregman teacher, or None
-    ema = WeightEma.from_config(cfg.train.ema) if cfg.train.ema.enabled else None
+    ema = WeightEma.from_config(cfg.train.ema) if cfg.train.ema.enabled and dist.is_main else None
     current = fingerprint(cfg, data)
     state = _maybe_resume(cfg, model, optimizer, current, teacher, ema) if resume else None
+    sync = RankSync(dist, cfg.train.checkpoint_every, state, checkpoint_dir(cfg) / CHECKPOINT_FILE)
+    with sync.reporting_lost_ranks():
+        _start_ranks(cfg, dist, (model, teacher), current, state)
+        curves, ckpt, hooks = _file_callbacks(cfg, dist, state, current, ema)
+        stop = StopOnSignal(curves, ckpt, dist, sync.path)
+        meet = [sync] if dist.enabled else []
+        with stop.installed():
+            state = fit(model, data, optimizer, cfg.train, cfg.seed, state,
+                        [*hooks, *meet, *callbacks, stop], teacher, dist)
+        if curves is not None:
+            _save_trained(cfg, (model, tokenizer), state, curves, ema)
+        sync.meet()  # the other ranks exit only once the model is written
+    return state
+
+
+def _file_callbacks(cfg: Config, dist: Dist, state: TrainState | None, current: dict[str, Any],
+                    ema: WeightEma | None) -> tuple[CurveRecorder | None, CheckpointCallback | None,
+                                                    list[Callback]]:
+    """Rank 0's (or the one process's) curve recorder, checkpoint writer, and its file-writing
+    callbacks in order: curves, the weight average, the checkpoint writer. Other ranks write
+    nothing."""
+    if not dist.is_main:
+        return None, None, []
     for stale in checkpoint_dir(cfg).glob(f".{CHECKPOINT_FILE}.*.tmp"):  # from a kill mid-write
         stale.unlink()
     ckpt = CheckpointCallback(checkpoint_dir(cfg) / CHECKPOINT_FILE, cfg.train.checkpoint_every,
                               to_dict(cfg), current, ema)
     curves = _curve_recorder(cfg, state)  # before ckpt: see mtbert.curves
     averaging = [ema] if ema is not None else []  # before ckpt: a checkpoint holds its step's average
-    stop = StopOnSignal(curves, ckpt)
-    with stop.installed():
-        state = fit(model, data, optimizer, cfg.train, cfg.seed, state,
-                    [curves, *averaging, ckpt, *callbacks, stop], teacher)
+    return curves, ckpt, [curves, *averaging, ckpt]
+
+
+def _start_ranks(cfg: Config, dist: Dist, modules: tuple[torch.nn.Module, BregmanTeacher | None],
+                 current: dict[str, Any], state: TrainState | None) -> None:
+    """Data-parallel: check that every rank trains the same run (settings, rows, checkpoint),
+    give every rank rank 0's weights, and each rank its own dropout stream."""
+    if not dist.enabled:
+        return
+    if not dist.same_everywhere(json.dumps([current["config"], current["data"]], sort_keys=True)):
+        raise UserError("the ranks of the data-parallel job differ in their settings or training "
+                        "rows", fix="give every node the same params.yaml, overrides and prepared "
+                        "data")
+    low, high = dist.spread(state.global_step if state else -1)
+    if low != high:
+        raise UserError(f"the ranks found different checkpoints to resume (steps {low} to {high}; "
+                        "-1: none)", path=checkpoint_dir(cfg) / CHECKPOINT_FILE,
+                        fix="put train.out_dir on storage that every node shares, or run with "
+                        "--no-resume")
+    model, teacher = modules
+    dist.broadcast_(model.state_dict().values())
+    if teacher is not None:
+        dist.broadcast_(teacher.module.state_dict().values())
+    # The same seed gave every rank the same weights; dropout masks should differ between ranks.
+    torch.manual_seed(cfg.seed + 1_000_003 * (dist.rank + 1) + (state.global_step if state else 0))
+
+
+def _save_trained(cfg: Config, parts: tuple[torch.nn.Module, Any], state: TrainState,
+                  curves: CurveRecorder, ema: WeightEma | None) -> None:
+    """Write the trained model folder and its curves; remove what a resume would have read."""
+    model, tokenizer = parts
     if ema is not None:
         ema.copy_to(model)  # the averaged weights are the model
     meta = {"config": to_dict(cfg), "bert_config": dataclasses.asdict(model.encoder.config),
@@ -290,7 +404,6 @@ def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback]) -> Tr
     write_curves(curves, cfg.train.out_dir)
     (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
     curves.path.unlink(missing_ok=True)
-    return state
 
 
 def _curve_recorder(cfg: Config, state: TrainState | None) -> CurveRecorder:
@@ -305,16 +418,46 @@ def _curve_recorder(cfg: Config, state: TrainState | None) -> CurveRecorder:
     return CurveRecorder(path, cfg.train.checkpoint_every, rows)
 
 
+def _rank_dist(cfg: Config) -> Dist:
+    """This process's rank (torchrun's environment; one process without it), on its device: on
+    CUDA, the GPU of its local rank."""
+    dist = Dist.from_env(os.environ)
+    if not dist.enabled:
+        return dist
+    device = resolve_device(cfg.train.device)
+    return dist.on(torch.device("cuda", dist.local_rank) if device.type == "cuda" else device)
+
+
 def run(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = ()) -> tuple[TrainState, str]:
     """The train stage: `train_model` inside the MLflow run "train"; returns the state and run id.
 
     If the server goes away mid-run, training goes on and its metrics are kept in the project's
     fallback file for the next tracked run to send. The learning curves and the wall time are
-    logged at the end.
+    logged at the end. Under torchrun (`torchrun --nproc_per_node=N -m mtbert.cli train`) the N
+    ranks train one model; rank 0 alone tracks it (the others return an empty run id) and shows
+    the progress bar (`TrainProgress` callbacks are dropped on the other ranks).
     """
+    dist = _rank_dist(cfg)
+    level = log.level
+    try:
+        with process_group(dist):
+            if not dist.is_main:
+                log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # rank 0 tells the rest
+                quiet = [cb for cb in callbacks if not isinstance(cb, TrainProgress)]
+                return train_model(cfg, resume=resume, callbacks=quiet, dist=dist), ""
+            return _tracked_train(cfg, resume, callbacks, dist)
+    finally:
+        log.setLevel(level)
+        for cb in callbacks:
+            if isinstance(cb, TrainProgress):
+                cb.close()
+
+
+def _tracked_train(cfg: Config, resume: bool, callbacks: Sequence[Callback],
+                   dist: Dist) -> tuple[TrainState, str]:
     start = time.monotonic()
     with tracking.tracked_run(cfg, "train", fallback=unsent_path(cfg)) as tracked:
-        state = train_model(cfg, resume=resume, callbacks=[*callbacks, tracked.callback])
+        state = train_model(cfg, resume=resume, callbacks=[*callbacks, tracked.callback], dist=dist)
         out = Path(cfg.train.out_dir)
         # Written with the weights, never before: a failed or killed run cannot claim old weights.
         sha = sha256_file(out / MODEL_FILE)
