@@ -31,8 +31,10 @@ log = logging.getLogger("mtbert")
 def cmd_import_data(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.stages import prepare
 
-    paths = prepare.import_data(cfg, args.source)
-    print(f"imported {len(paths)} files into {cfg.data.raw_dir}/")
+    result = prepare.import_data(cfg, args.source)
+    print(f"imported {len(result.copied)} files into {cfg.data.raw_dir}/")
+    if result.removed:
+        print(f"removed what the source no longer has: {', '.join(str(p) for p in result.removed)}")
 
 
 def cmd_prepare(cfg: Config, args: argparse.Namespace) -> None:
@@ -57,8 +59,10 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.stages import train
 
     start = time.monotonic()
-    state, _ = train.run(cfg, resume=not args.no_resume, callbacks=[train.TrainProgress(not args.quiet)])
-    print(f"trained {state.global_step} steps in {time.monotonic() - start:.0f} s -> {cfg.train.out_dir}/")
+    state, run_id = train.run(cfg, resume=not args.no_resume,
+                              callbacks=[train.TrainProgress(not args.quiet)])
+    if run_id:  # data-parallel: rank 0 alone reports (the other ranks have no run)
+        print(f"trained {state.global_step} steps in {time.monotonic() - start:.0f} s -> {cfg.train.out_dir}/")
 
 
 def cmd_teach(cfg: Config, args: argparse.Namespace) -> None:
@@ -108,8 +112,18 @@ def cmd_config(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_tune(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.stages import tune
 
+    if args.create_only:
+        info = tune.create(cfg)
+        state = "created" if info.created else f"already exists ({info.trials} trials)"
+        secret = " (*** is the password; or leave it out and set PGPASSWORD)" if "***" in info.storage else ""
+        print(f"study {info.name!r} {state} in {info.storage}; no trial run. Join it from each worker "
+              f"(same params and overrides, a sampler seed of its own) with:\n"
+              f"  mtbert tune --worker tune.storage='{info.storage}' tune.study_name={info.name} "
+              f"tune.sampler_seed=<N>{secret}\nWorkers stop once the study holds "
+              f"tune.n_trials={cfg.tune.n_trials} finished trials.")
+        return
     start = time.monotonic()
-    best = tune.run(cfg, progress=not args.quiet)
+    best = tune.run(cfg, progress=not args.quiet, join=args.worker)
     print(f"study {cfg.tune.study_name!r} done in {time.monotonic() - start:.0f} s; best parameters "
           f"-> {cfg.tune.out_file} (use: mtbert train --overrides-file {cfg.tune.out_file})")
     for key, value in sorted(best.items()):
@@ -184,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help="trained model directory (default: train.out_dir)")
     p = sub.add_parser("config", help="print the resolved configuration")
     p.add_argument("--overrides-file", help="YAML of dotted overrides, e.g. artifacts/tune/best_params.yaml")
-    sub.add_parser("tune", help="Optuna search (resumable; run several to share the study)")
+    role = sub.add_parser("tune", help="Optuna search (resumable; run several to share the study)"
+                          ).add_mutually_exclusive_group()
+    role.add_argument("--create-only", action="store_true", help="create the study (and its tables) in "
+                      "tune.storage, run no trial: once, before workers start on several machines")
+    role.add_argument("--worker", action="store_true", help="join the study made by --create-only; "
+                      "refuse if it does not exist")
     sub.add_parser("pretrain-mlm", help="MLM further pretraining of the encoder -> mlm.out_dir")
     p = sub.add_parser("ablate", help="train and evaluate a named set of configurations (resumable)")
     p.add_argument("--set", required=True, help="set name in the ablations file")
@@ -217,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like train.lr=2e-5)")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:  # MLflow's own handler prints its INFO lines (database set-up) otherwise
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     _die_with_parent()
     try:
         overrides_file = getattr(args, "overrides_file", None)

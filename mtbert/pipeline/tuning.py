@@ -16,6 +16,12 @@ parameters are written to `tune.out_file` as dotted overrides (`train.lr: 3.1e-0
 
 Parallel workers should each get their own `tune.sampler_seed` (e.g. `mtbert tune
 tune.sampler_seed=8`): with the same seed they draw the same first random configurations.
+
+Across machines (`tune.storage` a PostgreSQL URL, `postgresql+psycopg://user@host/db`), the study is
+created once (`create_study`, `mtbert tune --create-only`) before any worker starts: workers
+starting together on an empty database race on creating Optuna's tables (optuna#1092). Workers then
+join with `open_study(..., must_exist=True)` (`mtbert tune --worker`), which never creates tables or
+studies and raises StudyNotFound instead.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import shutil
 import socket
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ import matplotlib.pyplot as plt
 import mlflow
 import optuna
 import pandas as pd
+import sqlalchemy
 import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -42,6 +50,7 @@ from tqdm import tqdm
 
 from mtbert.batching import TokenizedTask, tokenize_frame
 from mtbert.config import Config, TuneConfig, with_overrides
+from mtbert.errors import UserError
 from mtbert.evaluate import predict, summary_metrics, task_metrics
 from mtbert.fileio import atomic_write_text
 from mtbert.model.load_hf import load_tokenizer
@@ -219,37 +228,119 @@ class RetryStaleTrial:
                 log.warning("could not mark MLflow run %s FAILED: %s", run_id, err)
 
 
-def open_storage(url: str, tune: TuneConfig) -> optuna.storages.RDBStorage:
-    """The RDB storage with heartbeats; creates the folder of a SQLite file."""
+class StudyNotFound(UserError, LookupError):
+    """A worker was pointed at a study (or a database) where no study was created."""
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What `create_study` found or made."""
+
+    name: str
+    storage: str  # the URL with its password hidden
+    created: bool  # False: the study existed already
+    trials: int  # trials it holds, any state
+
+
+def shown_url(url: str) -> str:
+    """`url` with its password (if any) replaced by ***, for messages and logs."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+def open_storage(url: str, tune: TuneConfig, create_tables: bool = True) -> optuna.storages.RDBStorage:
+    """The RDB storage with heartbeats; creates the folder of a SQLite file (and the tables) unless
+    `create_tables` is False."""
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sqlite_path = _sqlite_path(url)
+    if url.startswith("sqlite:"):
+        if sqlite_path is not None and create_tables:
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         # Workers wait up to 60 s for each other's write locks instead of failing after 5 s.
         engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        # A trial can take an hour: check a pooled connection before use (a restarted database
+        # or a firewall that dropped the idle connection would otherwise fail the next write).
+        engine_kwargs["pool_pre_ping"] = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=tune.heartbeat_s,
-            grace_period=tune.grace_s, heartbeat_stale_trial_callback=RetryStaleTrial())
+            grace_period=tune.grace_s, heartbeat_stale_trial_callback=RetryStaleTrial(),
+            skip_table_creation=not create_tables)
 
 
-def open_study(cfg: Config, storage: str | None = None) -> optuna.Study:
-    """Create the study, or load it if it exists (resume, or join other workers)."""
-    return optuna.create_study(
-        study_name=cfg.tune.study_name,
-        storage=open_storage(storage or cfg.tune.storage, cfg.tune),
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed,
-                                           n_startup_trials=TPE_STARTUP_TRIALS),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS),
-    )
+def _has_optuna_tables(url: str) -> bool:
+    """Whether the database at `url` holds Optuna's tables (without creating a SQLite file)."""
+    sqlite_path = _sqlite_path(url)
+    if sqlite_path is not None and not sqlite_path.exists():
+        return False
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
+
+
+def _not_found(cfg: Config, url: str, where: str) -> StudyNotFound:
+    return StudyNotFound(f"study {cfg.tune.study_name!r} does not exist {where} {shown_url(url)}",
+                         field="tune.storage",
+                         fix="create it once, before any worker: mtbert tune --create-only")
+
+
+def _search(cfg: Config) -> dict[str, Any]:
+    """The sampler and pruner of every worker (each from this worker's `tune.sampler_seed`)."""
+    return {"sampler": optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed,
+                                                  n_startup_trials=TPE_STARTUP_TRIALS),
+            "pruner": optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS)}
+
+
+def open_study(cfg: Config, storage: str | None = None, must_exist: bool = False) -> optuna.Study:
+    """Load the study, or create it if it does not exist (resume, or join other workers).
+
+    With `must_exist` (a worker joining a study made by `create_study`), nothing is created:
+    StudyNotFound if the database has no Optuna tables or no study of that name.
+    """
+    url = storage or cfg.tune.storage
+    if not must_exist:
+        return optuna.create_study(study_name=cfg.tune.study_name, storage=open_storage(url, cfg.tune),
+                                   direction="maximize", load_if_exists=True, **_search(cfg))
+    if not _has_optuna_tables(url):
+        raise _not_found(cfg, url, "(no Optuna tables yet) in")
+    try:
+        return optuna.load_study(study_name=cfg.tune.study_name,
+                                 storage=open_storage(url, cfg.tune, create_tables=False), **_search(cfg))
+    except KeyError:  # optuna: "Record does not exist."
+        raise _not_found(cfg, url, "in") from None
+
+
+def create_study(cfg: Config, storage: str | None = None) -> StudyInfo:
+    """Create the study, its tables and its MLflow parent run once, before workers join it.
+
+    Idempotent: an existing study is left as it is (`StudyInfo.created` is False).
+    """
+    url = storage or cfg.tune.storage
+    rdb = open_storage(url, cfg.tune)
+    try:
+        study = optuna.create_study(study_name=cfg.tune.study_name, storage=rdb,
+                                    direction="maximize", **_search(cfg))
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=cfg.tune.study_name, storage=rdb), False
+    # Made here, workers starting together do not each create a parent run and delete the extras.
+    _parent_run_id(cfg, study)
+    return StudyInfo(cfg.tune.study_name, shown_url(url), created, len(study.get_trials(deepcopy=False)))
 
 
 def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = None,
-              progress: bool = False) -> optuna.Study:
+              progress: bool = False, join: bool = False) -> optuna.Study:
     """Run trials until the study holds `n_trials` finished (complete or pruned) trials.
 
     Args:
@@ -261,13 +352,14 @@ def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = No
             to workers - 1).
         storage: an SQLAlchemy URL overriding `tune.storage`.
         progress: show a bar over this worker's trials (with the best value so far) on stderr.
+        join: only join an existing study (StudyNotFound if there is none); see `open_study`.
 
     Returns:
         The study. The best parameters are written to `tune.out_file` when a trial completed, and
         the trial history to `history.csv` beside it (see `history_frame`).
     """
     target = cfg.tune.n_trials if n_trials is None else n_trials
-    study = open_study(cfg, storage)
+    study = open_study(cfg, storage, must_exist=join)
     remaining = target - len(study.get_trials(deepcopy=False, states=FINISHED))
     if remaining > 0:
         parent = _parent_run_id(cfg, study)

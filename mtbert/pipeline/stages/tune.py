@@ -1,4 +1,7 @@
-"""The tune stage: run (or resume, or join) the Optuna study; its best parameters as overrides."""
+"""The tune stage: run (or resume, or join) the Optuna study; its best parameters as overrides.
+
+On several machines: `create` the study once, then `run(cfg, join=True)` on each worker.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +16,22 @@ class NoTrialCompleted(UserError, RuntimeError):
     """Every trial of the study failed or was pruned."""
 
 
-def run(cfg: Config, n_trials: int | None = None, progress: bool = False) -> dict[str, Any]:
+def create(cfg: Config) -> tuning.StudyInfo:
+    """Create the study (its tables, its MLflow parent run) in `tune.storage` and run no trial;
+    an existing study is left as it is."""
+    return tuning.create_study(cfg)
+
+
+def run(cfg: Config, n_trials: int | None = None, progress: bool = False,
+        join: bool = False) -> dict[str, Any]:
     """Run the study until it holds `n_trials` (default `tune.n_trials`) finished trials.
 
-    With `progress`, a bar over the trials (best value so far) goes to stderr. The best parameters
-    are also written to `tune.out_file`. Raises NoTrialCompleted when no trial has completed.
+    With `progress`, a bar over the trials (best value so far) goes to stderr. With `join`, the
+    study must exist already (`create`; tuning.StudyNotFound otherwise): a worker never creates
+    it. The best parameters are also written to `tune.out_file`. Raises NoTrialCompleted when no
+    trial has completed.
     """
-    study = tuning.run_study(cfg, n_trials, progress=progress)
+    study = tuning.run_study(cfg, n_trials, progress=progress, join=join)
     if not tuning.completed(study):
         raise NoTrialCompleted(f"study {cfg.tune.study_name!r}: no trial completed; see the log above")
     return tuning.best_overrides(study)
