@@ -24,16 +24,10 @@ from mtbert.model.load_hf import (
     read_state_dict,
     resolve_checkpoint,
 )
+from tests.tiny import TINY_BERT
 
 TOL = 1e-5
-TINY = BertConfig(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=16,
-)
+TINY = TINY_BERT  # tests/tiny.py
 SENTENCES = [
     "The movie was surprisingly good, and the soundtrack was even better.",
     "Terrible.",

@@ -12,15 +12,9 @@ from transformers.models.bert.modeling_bert import BertLMPredictionHead
 
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.mlm import IGNORE_INDEX, MlmHead, mask_tokens, mlm_loss
+from tests.tiny import TINY_BERT
 
-TINY = BertConfig(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=16,
-)
+TINY = TINY_BERT  # tests/tiny.py
 MASK_ID = 3
 SIGMAS = 5.0
 

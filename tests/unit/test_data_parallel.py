@@ -19,10 +19,9 @@ from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import build_optimizer
 from mtbert.train import Callback, FitContext, batch_loss, fit, loss_metric_keys, make_teacher
 from tests.unit.test_train import make_batch
+from tests.tiny import TINY_BERT_NO_DROPOUT
 
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = TINY_BERT_NO_DROPOUT  # tests/tiny.py
 
 
 class Exchange:

@@ -27,11 +27,10 @@ from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import build_optimizer
 from mtbert.train import batch_loss, fit
+from tests.tiny import TINY_BERT_NO_DROPOUT
 
 B = 13
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = TINY_BERT_NO_DROPOUT  # tests/tiny.py
 
 
 def tiny_task(task: str, rows: int, seed: int, bi: bool = True) -> TokenizedTask:

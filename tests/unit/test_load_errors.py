@@ -21,9 +21,9 @@ from mtbert.model.load_hf import (
     resolve_checkpoint,
 )
 from mtbert.model.multitask import build_multitask
+from tests.tiny import TINY_BERT
 
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16)
+TINY = TINY_BERT  # tests/tiny.py
 GPT2_CONFIG = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 768,
                "n_head": 12, "n_layer": 12, "n_positions": 1024, "vocab_size": 50257}
 

@@ -13,11 +13,10 @@ from mtbert.config import ModelConfig
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import bi_pair_features, pool
 from mtbert.model.multitask import MultitaskBert
+from tests.tiny import TINY_BERT_NO_DROPOUT
 
 B, T = 5, 7
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = TINY_BERT_NO_DROPOUT  # tests/tiny.py
 
 
 def make_model(**model_options: object) -> MultitaskBert:

@@ -17,9 +17,9 @@ from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.load_hf import bert_state_dict_to_hf, load_pretrained_bert, load_tokenizer
 from mtbert.model.mlm import IGNORE_INDEX, MlmHead
 from mtbert.train import Callback, FitContext
+from tests.tiny import TINY_BERT
 
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16)
+TINY = TINY_BERT  # tests/tiny.py
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 TOKENS = pretrain.MlmTokens(frozenset({PAD, CLS, SEP, MASK}), MASK, PAD, 99)
 

@@ -16,10 +16,9 @@ from mtbert.evaluate import predict
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.multitask import MultitaskBert
 from mtbert.pipeline.serving import predict_rows
+from tests.tiny import TINY_BERT_NO_DROPOUT
 
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = TINY_BERT_NO_DROPOUT  # tests/tiny.py
 
 
 def tiny_model() -> MultitaskBert:

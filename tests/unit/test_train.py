@@ -18,11 +18,10 @@ from mtbert.model.load_hf import load_tokenizer
 from mtbert.optim import build_optimizer
 from mtbert.pcgrad import flat_grads, pcgrad
 from mtbert.train import Callback, FitContext, batch_loss, fit, train_step
+from tests.tiny import TINY_BERT_NO_DROPOUT
 
 B, T = 5, 7
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = TINY_BERT_NO_DROPOUT  # tests/tiny.py
 # No clipping: it would rescale the gradients these tests compare.
 PLAIN = TrainConfig(grad_clip=0.0)
 

@@ -16,10 +16,9 @@ from mtbert.optim import build_optimizer
 from mtbert.samplers import SAMPLERS, build_schedule
 from mtbert.tasks import TASKS
 from mtbert.train import epoch_plan, fit, total_steps
+from tests.tiny import TINY_BERT_NO_DROPOUT
 
-TINY = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=16,
-                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = TINY_BERT_NO_DROPOUT  # tests/tiny.py
 BI = ModelConfig(head_dropout=0.0, pair_encoding="bi", shared_pair_layer=True)
 ROWS = {"sst": 11, "para": 17, "sts": 7}
 
