@@ -112,7 +112,7 @@ def test_editing_the_code_a_stage_runs_marks_that_stage_changed(dvc_repo: Path) 
     stages = root / "mtbert" / "pipeline" / "stages"
     for path, function, stage in ((stages / "train.py", "train_model", "train"),
                                   (stages / "evaluate.py", "evaluate_model", "evaluate"),
-                                  (root / "mtbert" / "losses.py", "task_loss", "train")):
+                                  (root / "mtbert" / "samplers.py", "build_schedule", "train")):
         old = _edit_function(path, function)
         assert _changed_stages(root) == {stage}, f"editing {function} in {path.name}"
         path.write_text(old)

@@ -116,7 +116,7 @@ def test_transient_io_failure_is_retried(prefect_api: str, project: Path, data_d
     state = flaky_flow(return_state=True)
 
     assert state.is_completed(), state.message
-    assert len(failures) == 1 and "missing required course data files" in failures[0]
+    assert len(failures) == 1 and "course data folder does not exist" in failures[0]
     assert (project / "artifacts" / "prepared" / "sst-train.parquet").exists()
     with _client() as client:
         (run,) = _task_runs(client, state.state_details.flow_run_id).values()
