@@ -237,8 +237,8 @@ def test_train_refuses_a_crafted_checkpoint_and_says_how_to_start_fresh(prepared
     (root / CHECKPOINT).write_bytes(evil)
     proc = subprocess.run([sys.executable, "-m", "mtbert.cli", "train"], cwd=root, env=_env(),
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert (f"mtbert: error: {CHECKPOINT}: truncated, corrupt or not a tensors-only checkpoint "
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (f"mtbert train: {CHECKPOINT}: truncated, corrupt or not a tensors-only checkpoint "
             "(UnpicklingError: ") in proc.stderr
     assert "not resuming from it: start fresh with `mtbert train --no-resume`" in proc.stderr
     assert "Traceback" not in proc.stderr

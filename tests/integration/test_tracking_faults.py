@@ -55,8 +55,8 @@ def test_unreachable_server_fails_fast_before_loading_anything(prepared_project:
                           capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - start
     print(f"\nunreachable MLflow: exit {proc.returncode} after {elapsed:.1f} s")
-    assert proc.returncode == 1, proc.stderr
-    assert f"mtbert: error: MLflow tracking server {uri} is not reachable (" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert f"mtbert train: MLflow tracking server {uri} is not reachable (" in proc.stderr
     assert "Connection refused" in proc.stderr and "unset MLFLOW_TRACKING_URI" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "load_hf: loaded" not in proc.stderr  # the model was never loaded (INFO is on)
@@ -119,6 +119,15 @@ def _at(step: int):
     return FitContext(model=None, optimizer=None, state=TrainState(global_step=step))
 
 
+def _running_run(client) -> str | None:
+    """The id of the experiment's RUNNING run, if there is one yet."""
+    experiment = client.get_experiment_by_name("mtbert")
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    return runs[0].info.run_id if runs else None
+
+
 def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
     start = time.monotonic()
     while not predicate():
@@ -160,9 +169,9 @@ def _train_through_outage(o: Outage, tmp: Path) -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=o.server.uri)
-        run_file = o.root / "artifacts" / "model" / "mlflow_run.json"
-        _wait_for(run_file.exists, "run id file", proc)
-        o.run_id = json.loads(run_file.read_text())["run_id"]
+        # The run record is written with the weights, at the end: find the run on the server.
+        _wait_for(lambda: _running_run(client) is not None, "the training run on the server", proc)
+        o.run_id = _running_run(client)
         side, side_run = _side_run_before_kill(o.server, tmp)
         _wait_for(lambda: client.get_metric_history(o.run_id, "train/lr"), "metrics on the server", proc)
         o.server.kill()
