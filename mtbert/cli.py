@@ -170,9 +170,9 @@ def cmd_ablate(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.stages import ablate
 
     only = [] if args.tables_only else args.only.split(",") if args.only else None
-    rows = ablate.run(cfg, args.file, args.set, root=args.root, out=args.out,
-                      keep_models=args.keep_models, only=only)
-    print(ablate.markdown_table(rows))
+    ablate.run(cfg, args.file, args.set, root=args.root, out=args.out, keep_models=args.keep_models,
+               only=only)
+    print(ablate.table(args.out, args.set))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mtbert.pipeline.ablation import (
@@ -155,3 +156,36 @@ def test_stored_results_survive_new_options_only_at_their_defaults() -> None:
     assert same_config(stored, cfg)
     assert not same_config(stored, with_overrides(cfg, {"model.unpad": False}))
     assert not same_config(stored, with_overrides(cfg, {"train.lr": 1e-3}))
+
+
+def _predicted(root: Path, task_values: dict[str, list[float]]) -> str:
+    """An eval folder with course-format dev predictions; returns its path."""
+    (root / "predictions").mkdir(parents=True)
+    for task, values in task_values.items():
+        lines = ["id \t Predicted \n"] + [f"r{i} , {v} \n" for i, v in enumerate(values)]
+        (root / "predictions" / f"{task}-dev-output.csv").write_text("".join(lines))
+    return str(root)
+
+
+def test_table_has_seed_spread_and_intervals_against_single_task_references(tmp_path: Path) -> None:
+    from mtbert.pipeline.ablation import markdown_table
+
+    gold = {"sst": np.array([0, 1, 2, 3, 4, 0]), "para": np.array([0, 1, 0, 1, 0, 1]),
+            "sts": np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])}
+    nan = float("nan")
+    rows = [{**_row("sst_only", nan), "dev_para_acc": nan, "dev_sts_pearson": nan,
+             "eval_dir": _predicted(tmp_path / "s", {"sst": [0, 1, 2, 3, 4, 1]})},
+            {**_row("para_only", nan), "dev_sst_acc": nan, "dev_sts_pearson": nan,
+             "eval_dir": _predicted(tmp_path / "p", {"para": [0, 1, 0, 1, 0, 0]})},
+            {**_row("sts_only", nan), "dev_sst_acc": nan, "dev_para_acc": nan,
+             "eval_dir": _predicted(tmp_path / "t", {"sts": [0, 1, 2, 3, 4, 5]})}]
+    for seed, sst in ((1, [0, 1, 2, 3, 4, 0]), (2, [0, 1, 2, 3, 0, 0])):  # all right; 5 of 6
+        rows.append({**_row("multi", 0.7), "seed": seed, "eval_dir": _predicted(
+            tmp_path / f"m{seed}", {"sst": sst, "para": [0, 1, 0, 1, 0, 1], "sts": [0, 1, 2, 3, 4, 5]})})
+    table = markdown_table(rows, {"sst": "sst_only", "para": "para_only", "sts": "sts_only"}, gold)
+    multi = next(line for line in table.splitlines() if line.startswith("| multi | (none) | 1, 2 |"))
+    assert "0.7000 ± 0.0000" in multi
+    # seed-averaged SST accuracy 11/12 vs 5/6: +0.0833; Quora 1 vs 5/6: +0.1667; STS equal.
+    per_task = table.splitlines()[-1]
+    assert per_task.startswith("| multi | +0.0833 [") and "| +0.1667 [" in per_task
+    assert "+0.0000 [+0.0000, +0.0000]" in per_task

@@ -252,7 +252,9 @@ def _finished(cfg: Config) -> dict[str, Any] | None:
     if not result_path.exists():
         return None
     stored = json.loads(result_path.read_text())
-    return stored["row"] if same_config(stored.get("resolved_config") or {}, cfg) else None
+    if not same_config(stored.get("resolved_config") or {}, cfg):
+        return None
+    return {"eval_dir": cfg.eval.out_dir, **stored["row"]}  # rows stored before eval_dir was kept
 
 
 def same_config(stored: dict[str, Any], cfg: Config) -> bool:
@@ -373,7 +375,9 @@ def _reference_overall(groups: dict[str, list[dict[str, Any]]],
                        reference: str | dict[str, str]) -> float:
     """The reference's mean overall; for a per-task reference, the overall of its task means."""
     def mean(name: str, column: str) -> float:
-        return float(np.nanmean([float(r[column]) for r in groups.get(name, [])] or [np.nan]))
+        values = np.array([float(r[column]) for r in groups.get(name, [])], dtype=float)
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if values.size else float("nan")
 
     if isinstance(reference, str):
         return mean(reference, "dev_overall")
@@ -432,6 +436,14 @@ def _seed_predictions(runs: list[dict[str, Any]], task: str, rows: int) -> np.nd
 def dev_gold(base: Config) -> dict[str, np.ndarray]:
     """The dev labels per task, in the order evaluate writes its prediction files."""
     return {task: dev_frame(base, task)["label"].to_numpy() for task in TASKS}
+
+
+def read_table(out: str | Path, set_name: str) -> str:
+    """The set's table as `write_tables` last wrote it into `OUT.md` ("" if there is none)."""
+    path = Path(f"{out}.md")
+    start, end = f"<!-- ablation:{set_name}:start -->", f"<!-- ablation:{set_name}:end -->"
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(start) + len(start):text.index(end)].strip() if start in text else ""
 
 
 def write_tables(rows: list[dict[str, Any]], out: str | Path, ablation: AblationSet,

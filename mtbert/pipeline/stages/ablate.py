@@ -17,5 +17,6 @@ def run(cfg: Config, path: str | Path, set_name: str, *, root: str | Path, out: 
                                   keep_models=keep_models, only=only)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    return ablation.markdown_table(rows)
+def table(out: str | Path, set_name: str) -> str:
+    """The set's results table as written to `OUT.md` (means ± sd, bootstrap intervals)."""
+    return ablation.read_table(out, set_name) or "(no results)"
