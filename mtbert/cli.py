@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like train.lr=2e-5)")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if args.quiet:  # MLflow's own handler prints its INFO lines (database set-up) otherwise
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if args.quiet:  # MLflow sets up its own INFO handler when imported (database set-up lines)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     _die_with_parent()
     try:
         overrides_file = getattr(args, "overrides_file", None)
@@ -265,6 +265,8 @@ def _report(err: Exception, args: argparse.Namespace) -> int:
     traceback."""
     where = f"mtbert {args.command}"
     user = isinstance(err, UserError) or (isinstance(err, OSError) and err.filename is not None)
+    if isinstance(err, UserError) and err.path is None and err.field and "." in err.field:
+        err.locate(args.params)  # a setting's error with no file: the setting came from params
     if user and not args.debug:
         text = str(err) if isinstance(err, UserError) else f"{err.filename}: {err.strerror}"
         print(f"{where}: {one_line(text)}", file=sys.stderr)

@@ -23,12 +23,10 @@ def import_data(cfg: Config, source: str | None = None) -> data_io.ImportResult:
 
 def run(cfg: Config) -> dict[str, Any]:
     """Validate every raw file and write typed parquet tables plus a report of skipped rows."""
-    missing = [name for (_, split), name in data_io.RAW_FILES.items()
-               if split in data_io.REQUIRED_SPLITS and not (Path(cfg.data.raw_dir) / name).exists()]
-    if missing:  # before reading anything: one error, not warnings about other files first
-        raise data_io.MissingFileError(f"required data files missing: {', '.join(missing)}",
-                                       path=cfg.data.raw_dir,
-                                       fix="import the course data with `mtbert import-data --source DIR`")
+    for (task, split), name in data_io.RAW_FILES.items():  # all present before any is read
+        if split in data_io.REQUIRED_SPLITS and not (Path(cfg.data.raw_dir) / name).exists():
+            raise data_io.MissingFileError(f"no {task} {split} file here", path=Path(cfg.data.raw_dir) / name,
+                                           fix="run `mtbert import-data` or check data.raw_dir")
     report: dict[str, Any] = {"on_error": cfg.data.on_error, "files": {}, "issues": []}
     for (task, split), name in data_io.RAW_FILES.items():
         if split not in data_io.REQUIRED_SPLITS and not (Path(cfg.data.raw_dir) / name).exists():
