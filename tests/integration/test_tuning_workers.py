@@ -74,7 +74,7 @@ def test_worker_refuses_a_study_that_was_never_created(project: Path, postgres: 
 
     assert out.returncode == 2, out.stdout + out.stderr
     (line,) = out.stderr.strip().splitlines()  # one line, no traceback
-    assert line.startswith("mtbert tune: tune.storage: study 'nowhere' does not exist")
+    assert line.startswith("mtbert tune: params.yaml: tune.storage: study 'nowhere' does not exist")
     assert "mtbert tune --create-only" in line
     assert _tables(postgres, "optuna_missing") == set()  # the worker created no table
 
