@@ -19,6 +19,7 @@ from mtbert.config import Config, load_config, load_overrides_file, to_dict
 from mtbert.errors import UserError, one_line
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
+DVC_STAGE_ENV = "DVC_STAGE"  # set by `dvc repro` for every stage command it runs
 
 log = logging.getLogger("mtbert")
 
@@ -250,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the parent process dies (e.g. `dvc repro` stopped with SIGTERM), so
-    a training never runs on as an orphan; the signal saves a checkpoint like any SIGTERM."""
-    if not sys.platform.startswith("linux"):
+    """Under `dvc repro` (DVC sets DVC_STAGE for its commands), on Linux: get SIGTERM when dvc dies,
+    so a training never runs on as an orphan; the signal saves a checkpoint like any SIGTERM.
+    Not for other parents: `nohup mtbert train &` must outlive the shell that started it."""
+    if DVC_STAGE_ENV not in os.environ or not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() == 1:
