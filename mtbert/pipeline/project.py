@@ -53,7 +53,7 @@ def read_teacher_outputs(cfg: Config, task: str, ids: pd.Series) -> np.ndarray:
     if not path.exists():
         raise UserError("no teacher outputs", path=str(path), field="train.distill",
                         fix="run `mtbert teach` (or `dvc repro teach`) first")
-    table = pd.read_parquet(path).drop_duplicates("id").set_index("id")
+    table = read_prepared(path).drop_duplicates("id").set_index("id")  # a corrupt file: one line
     missing = ~ids.isin(table.index)
     if missing.any():
         raise UserError(f"{int(missing.sum())} of {len(ids)} training rows have no teacher output "

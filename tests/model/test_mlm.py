@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import transformers
 from transformers.models.bert.modeling_bert import BertLMPredictionHead
 
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.mlm import IGNORE_INDEX, MlmHead, mask_tokens, mlm_loss
 from tests.tiny import TINY_BERT
 

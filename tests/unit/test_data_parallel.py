@@ -14,7 +14,7 @@ import torch
 from mtbert.batching import TokenizedTask
 from mtbert.config import ModelConfig, SmartConfig, TrainConfig
 from mtbert.distributed import SINGLE, Dist, RankLost, _collective
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import build_optimizer
 from mtbert.train import Callback, FitContext, batch_loss, fit, loss_metric_keys, make_teacher

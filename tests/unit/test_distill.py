@@ -23,7 +23,7 @@ from mtbert.distill import (
     with_targets,
 )
 from mtbert.losses import task_loss
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import build_optimizer
 from mtbert.train import batch_loss, fit

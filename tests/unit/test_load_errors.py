@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from mtbert.config import ModelConfig
 from mtbert.errors import MissingFileError, UserError
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.load_hf import (
     PretrainedLoadError,
     bert_state_dict_to_hf,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mtbert.batching import Encoded
 from mtbert.config import ModelConfig
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.heads import bi_pair_features, pool
 from mtbert.model.multitask import MultitaskBert
 from tests.tiny import TINY_BERT_NO_DROPOUT

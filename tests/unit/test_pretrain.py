@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from mtbert import pretrain
 from mtbert.config import MlmConfig, load_config
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.load_hf import bert_state_dict_to_hf, load_pretrained_bert, load_tokenizer
 from mtbert.model.mlm import IGNORE_INDEX, MlmHead
 from mtbert.train import Callback, FitContext

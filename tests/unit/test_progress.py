@@ -13,7 +13,7 @@ import torch
 from mtbert.batching import TokenizedTask
 from mtbert.config import ModelConfig
 from mtbert.evaluate import predict
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.multitask import MultitaskBert
 from mtbert.pipeline.serving import predict_rows
 from tests.tiny import TINY_BERT_NO_DROPOUT

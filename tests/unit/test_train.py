@@ -12,7 +12,7 @@ import torch
 from mtbert.batching import Batch, Encoded, TokenizedTask, collate, tokenize_frame
 from mtbert.config import ModelConfig, PerTaskFloat, SmartConfig, TrainConfig
 from mtbert.data import read_split
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.multitask import MultitaskBert, build_multitask
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.optim import build_optimizer

@@ -10,7 +10,7 @@ import torch
 from mtbert.batching import TokenizedTask
 from mtbert.config import ConfigError, ModelConfig, TrainConfig
 from mtbert.evaluate import summary_metrics
-from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.bert import BertModel
 from mtbert.model.multitask import MultitaskBert, multitask_from_state
 from mtbert.optim import build_optimizer
 from mtbert.samplers import SAMPLERS, build_schedule

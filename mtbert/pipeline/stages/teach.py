@@ -5,7 +5,6 @@ the distill settings change; with distillation off it only records that in its m
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from mtbert.checkpoint import MODEL_FILE
 from mtbert.config import Config
 from mtbert.distill import average_teachers, teacher_outputs
 from mtbert.errors import UserError
-from mtbert.fileio import atomic_write, atomic_write_text
+from mtbert.fileio import atomic_write, atomic_write_text, sha256_file
 from mtbert.model.trained import load_trained
 from mtbert.pipeline.project import (
     apply_threads,
@@ -28,14 +27,6 @@ from mtbert.pipeline.project import (
 )
 
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _task_targets(cfg: Config, task: str, frame: pd.DataFrame, teachers: list[Any]) -> np.ndarray:
@@ -63,7 +54,7 @@ def run(cfg: Config) -> dict[str, Any]:
             if not (Path(folder) / MODEL_FILE).exists():
                 raise UserError("not a trained mtbert model", path=folder,
                                 field="train.distill.teachers", fix="train it first (mtbert train)")
-            manifest["teachers"][folder] = _sha256(Path(folder) / MODEL_FILE)
+            manifest["teachers"][folder] = sha256_file(Path(folder) / MODEL_FILE)
         teachers = [load_trained(folder, device) for folder in distill.teachers]
         frames = train_frames(cfg)
         for task in (t for t in cfg.train.tasks if t in distill.tasks):
