@@ -10,16 +10,21 @@ import ctypes
 import json
 import logging
 import os
+import select
 import signal
 import sys
+import threading
 import time
 import traceback
+from pathlib import Path
 
 from mtbert.config import Config, load_config, load_overrides_file, to_dict
 from mtbert.errors import UserError, one_line
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
 DVC_STAGE_ENV = "DVC_STAGE"  # set by `dvc repro` for every stage command it runs
+# DVC runs a stage as `$SHELL -c CMD` (/bin/sh without SHELL); dash keeps itself between DVC and us.
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh"})
 
 log = logging.getLogger("mtbert")
 
@@ -253,12 +258,46 @@ def main(argv: list[str] | None = None) -> int:
 def _die_with_parent() -> None:
     """Under `dvc repro` (DVC sets DVC_STAGE for its commands), on Linux: get SIGTERM when dvc dies,
     so a training never runs on as an orphan; the signal saves a checkpoint like any SIGTERM.
-    Not for other parents: `nohup mtbert train &` must outlive the shell that started it."""
+    Not for other parents: `nohup mtbert train &` must outlive the shell that started it.
+
+    DVC is found past the shell it runs commands through (dash stays alive as our parent when dvc
+    is killed, so PR_SET_PDEATHSIG on the parent alone is not enough); a thread waits on a pidfd of
+    it, which wakes when it exits, without polling."""
     if DVC_STAGE_ENV not in os.environ or not sys.platform.startswith("linux"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() == 1:
-        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect
+    owner = _past_shells(os.getppid())
+    try:
+        if owner <= 1:  # reparented to init: dvc is gone already
+            raise ProcessLookupError(owner)
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:  # it died before we looked
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    except OSError:  # a kernel without pidfd (< 5.3): the parent's death alone
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 and os.getppid() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def wait_for_owner() -> None:
+        select.select([pidfd], [], [])  # readable once the process has exited
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_for_owner, name="dvc-lifeline", daemon=True).start()
+
+
+def _past_shells(pid: int) -> int:
+    """The first process up from `pid` that is not a shell (`pid` itself when it is not)."""
+    while pid > 1:
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            if comm not in SHELLS:
+                return pid
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat[stat.rindex(")") + 2:].split()[1])  # fields after "(comm)": state, ppid
+        except (OSError, ValueError, IndexError):
+            return pid
+    return pid
 
 
 def _report(err: Exception, args: argparse.Namespace) -> int:
