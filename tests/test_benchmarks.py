@@ -21,7 +21,9 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ("ours", "peer", "unit", "ratio", "setup")
 # memory runs the real `mtbert train` CLI plus two training processes: about a minute.
-BENCHMARKS = ("encoder", "epoch", "trainer", "predict", pytest.param("memory", marks=pytest.mark.slow))
+# gpu --smoke runs every section of the GPU proof on the CPU (tiny profile, torchrun with gloo).
+BENCHMARKS = ("encoder", "epoch", "trainer", "predict", pytest.param("memory", marks=pytest.mark.slow),
+              "gpu")
 
 
 def _numbers(value: object) -> list[float]:
@@ -45,7 +47,7 @@ def _run(name: str, out: Path, data_dir: Path, *extra: str) -> dict:
 def test_benchmark_smoke_writes_complete_result(name: str, tmp_path: Path, data_dir: Path,
                                                 request: pytest.FixtureRequest) -> None:
     extra: list[str] = []
-    if name == "memory":  # reuse the session's prepared tiny project instead of preparing again
+    if name in ("memory", "gpu"):  # reuse the session's prepared tiny project instead of preparing again
         extra = ["--prepared-project", str(request.getfixturevalue("prepared_project"))]
     result = _run(name, tmp_path / f"{name}.json", data_dir, *extra)
     missing = [key for key in REQUIRED if key not in result]
@@ -59,6 +61,19 @@ def test_benchmark_smoke_writes_complete_result(name: str, tmp_path: Path, data_
     machine = result["machine"]
     assert machine["torch_threads"] == 1 and machine["cpu_model"]
     assert len(result["loadavg_start"]) == 3 and result["other_processes_cores"] >= 0
+    if name == "gpu":
+        assert result["parity"]["ok"], result["parity"]
+        assert set(result["quick_profile"]["runs"]) == {"cpu_bf16", "cpu_fp32"}
+        assert result["torchrun"]["model_saved"] and result["torchrun"]["backend"] == "gloo"
+
+
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--out", str(out)],
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no CUDA device" in proc.stdout and not out.exists()
 
 
 def test_smoke_result_defaults_to_a_temp_file_not_the_results_dir(tmp_path: Path) -> None:
