@@ -23,7 +23,7 @@ REQUIRED = ("ours", "peer", "unit", "ratio", "setup")
 # memory runs the real `mtbert train` CLI plus two training processes: about a minute.
 # gpu --smoke runs every section of the GPU proof on the CPU (tiny profile, torchrun with gloo).
 BENCHMARKS = ("encoder", "epoch", "trainer", "predict", pytest.param("memory", marks=pytest.mark.slow),
-              "gpu")
+              "gpu", "quantize")
 
 
 def _numbers(value: object) -> list[float]:
@@ -49,6 +49,8 @@ def test_benchmark_smoke_writes_complete_result(name: str, tmp_path: Path, data_
     extra: list[str] = []
     if name in ("memory", "gpu"):  # reuse the session's prepared tiny project instead of preparing again
         extra = ["--prepared-project", str(request.getfixturevalue("prepared_project"))]
+    if name == "quantize":  # predicts with the session's tiny trained model
+        extra = ["--project", str(request.getfixturevalue("trained_project"))]
     result = _run(name, tmp_path / f"{name}.json", data_dir, *extra)
     missing = [key for key in REQUIRED if key not in result]
     assert not missing, f"{name} result lacks {missing}"
