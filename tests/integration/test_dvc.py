@@ -117,3 +117,66 @@ def test_editing_the_code_a_stage_runs_marks_that_stage_changed(dvc_repo: Path) 
         assert _changed_stages(root) == {stage}, f"editing {function} in {path.name}"
         path.write_text(old)
         assert _changed_stages(root) == set()
+
+
+def _declared_plots(root: Path) -> dict[str, str]:
+    """Every plot dvc.yaml declares (top level and in stages), by name: 'image' or 'vega'."""
+    import yaml
+
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    entries = list(spec.get("plots", []))
+    for stage in spec["stages"].values():
+        entries += [next(iter(e)) if isinstance(e, dict) else e for e in stage.get("plots", [])]
+    names = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    return {name: "image" if name.endswith(".png") else "vega" for name in names}
+
+
+def _load_template_builder() -> object:
+    import importlib.util
+
+    path = REPO_ROOT / "assets" / "dvc-plots" / "build_template.py"
+    spec = importlib.util.spec_from_file_location("build_template", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plots_show_draws_every_declared_plot_offline(dvc_repo: Path) -> None:
+    """After a tiny `dvc repro` and a 2-trial study, the page `dvc plots show` writes holds every
+    plot dvc.yaml declares and the chart libraries inline, and loads no script from the network."""
+    import re
+
+    from dvc_render.base import Renderer
+
+    root = dvc_repo
+    shutil.copytree(REPO_ROOT / "assets" / "dvc-plots", root / "assets" / "dvc-plots")
+    template = _dvc(REPO_ROOT, "config", "--project", "plots.html_template").strip()  # the project's setting
+    assert template == "../assets/dvc-plots/template.html"
+    _dvc(root, "config", "plots.html_template", template)
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("\n  threads: 0 ", "\n  threads: 1 ", 1))  # shared CPUs
+    _dvc(root, "repro")
+    run_cli(["-q", "tune", "tune.n_trials=2", "train.threads=1"], root)
+
+    out = _dvc(root, "plots", "show", "-o", "plots-page")
+    page = (root / "plots-page" / "index.html").read_text(encoding="utf8")
+
+    assert "failed to load" not in out.lower(), out
+    assert re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//", page, re.I) == []
+    assert "cdn.jsdelivr.net" not in page
+    builder = _load_template_builder()
+    pins = {package: (sha, sha) for package, (_, sha) in builder.PACKAGES.items()}
+    assert builder.inline_scripts(page) == pins  # vega, vega-lite, vega-embed, byte for byte
+    declared = _declared_plots(root)
+    assert {"artifacts/model/curves.png", "training-loss", "tune-history"} <= set(declared)
+    for name, kind in declared.items():  # dvc_render: one <div id="..."> per plot
+        found = re.search(rf'<div\s+id\s*=\s*"{re.escape(Renderer.remove_special_chars(name))}"', page)
+        assert found, f"plot {name} is not on the page"
+        # a vega div holds its spec and data and no other div; an image div nests one per revision
+        div = page[found.start():found.start() + 4000 if kind == "image" else page.index("</div>", found.start())]
+        if kind == "image":
+            assert f"<p>{name}</p>" in div, name
+            src = re.search(r'<img src="([^"]+)">', div)[1]
+            assert (root / "plots-page" / src).stat().st_size > 1000, name  # the PNG beside the page
+        else:
+            assert "vegaEmbed(" in div and re.search(r'"values":\s*\[\s*\{', div), name

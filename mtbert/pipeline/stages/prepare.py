@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import logging
 from pathlib import Path
@@ -19,6 +20,27 @@ log = logging.getLogger("mtbert")
 def import_data(cfg: Config, source: str | None = None) -> data_io.ImportResult:
     """Copy the course CSVs from `source` (default `data.source`) into `data.raw_dir`."""
     return data_io.import_raw(source or cfg.data.source, cfg.data.raw_dir)
+
+
+def data_changed(cfg: Config, source: str | None = None) -> bool:
+    """Whether importing from `source` (default `data.source`) would change `data.raw_dir`.
+
+    True when a course file differs in bytes, is in one folder only, or `data.raw_dir` lacks a
+    required file; False when the source folder is absent but `data.raw_dir` is complete (data
+    that `dvc pull` or an earlier import put there: nothing to import from).
+    """
+    src, dest = Path(source or cfg.data.source), Path(cfg.data.raw_dir)
+    names = [*data_io.RAW_FILES.values(), *data_io.EXTRA_FILES]
+    required = [name for (_, split), name in data_io.RAW_FILES.items() if split in data_io.REQUIRED_SPLITS]
+    if not all((dest / name).is_file() for name in required):
+        return True
+    if not src.is_dir():
+        return False
+    for name in names:
+        have, new = dest / name, src / name
+        if have.is_file() != new.is_file() or (new.is_file() and not filecmp.cmp(have, new, shallow=False)):
+            return True
+    return False
 
 
 def run(cfg: Config) -> dict[str, Any]:
