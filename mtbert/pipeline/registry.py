@@ -1,33 +1,53 @@
 """Model registry (edge module: imports MLflow): register, promote by dev/overall, compare, serve.
 
-Every registration creates a new version of `register.model_name` and then decides, on the dev
-metric `dev/overall`, between the `champion` alias (strictly better than the current champion,
-or no champion yet) and the `challenger` alias. The decision, its reason, the dev metrics and the
-provenance (data md5, git commit) are written as version tags, so the registry alone answers
-"which model serves, and why". Registry stages are deprecated and not used.
+Every registration creates a new version of `register.model_name` and then decides between the
+`champion` alias and the `challenger` alias:
+
+1. the behavioural gate (`mtbert.behaviour`, `register.behaviour`) runs on the candidate; failing
+   it means challenger. Its pass rates go to the candidate's training run (metrics and
+   `behaviour/behaviour.json`) and to version tags.
+2. the candidate's dev metrics are compared with the champion's only when both were measured on
+   the same dev rows under the same profile (the `measurement_key` tag, `measurement.py`). When
+   the keys differ the candidate is not compared: it becomes challenger and the reason says so.
+   To promote it anyway: evaluate it on the champion's dev rows (same profile and
+   `data.dev_size`) and register again, or `mtbert register --force` (promotes without comparing;
+   the gate still applies).
+3. with matching keys, strictly better `dev/overall` than the champion (or no champion yet) wins.
+
+The decision, its reason, the dev metrics, the measurement key, the gate and the provenance (data
+md5, git commit) are written as version tags, and summed up in the version's description, so the
+registry alone answers "which model serves, and why". Registry stages are deprecated and not used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from mtbert.checkpoint import MODEL_FILE
+from mtbert import behaviour
+from mtbert.checkpoint import META_FILE, MODEL_FILE
 from mtbert.config import Config
 from mtbert.errors import UserError
 from mtbert.fileio import sha256_file
+from mtbert.model.trained import load_trained
 from mtbert.pipeline import pyfunc, tracking
+from mtbert.pipeline.project import apply_threads
+from mtbert.pipeline.serving import predict_rows
 
 log = logging.getLogger("mtbert")
 
@@ -36,6 +56,9 @@ MODEL_URI_TAG = "mtbert.model_uri"  # run tag: the pyfunc model logged for this 
 MODEL_SHA_TAG = "mtbert.model_sha256"  # run tag: hash of the weights that model holds
 PROVENANCE_TAGS = ("data_md5", "git_commit", "profile")
 COMPARE_METRICS = ("dev/overall", "dev/sst/accuracy", "dev/para/accuracy", "dev/sts/pearson")
+KEY_TAG = "measurement_key"  # version tag: what its dev metrics were measured on
+GATE_TAG = "behaviour"  # version tag: the gate's one-line result ("passed: ...", "failed: ...", "not run")
+GATE_ARTIFACT = "behaviour/behaviour.json"  # in the candidate's training run
 
 
 class RegistryError(UserError, RuntimeError):
@@ -61,6 +84,8 @@ class RegistrationResult:
     decision: str
     reason: str
     previous_champion: int | None
+    measurement_key: str = ""
+    behaviour: str = ""
 
 
 def connect() -> MlflowClient:
@@ -144,41 +169,100 @@ def _pair(new: float, old: float) -> tuple[str, str]:
     return f"{new:.{digits}f}", f"{old:.{digits}f}"
 
 
-def decide(client: MlflowClient, cfg: Config, value: float) -> tuple[str, str, int | None]:
-    """(alias, reason, champion version) for a new version whose `dev/overall` is `value`.
+def decide(client: MlflowClient, cfg: Config, value: float, key: str,
+           force: bool = False) -> tuple[str, str, int | None]:
+    """(alias, reason, champion version) for a new version whose `dev/overall` is `value`,
+    measured on `key`.
 
-    Strictly better than the champion (or no champion, or a champion without the metric) wins
-    the champion alias; a tie or worse gets the challenger alias.
+    No champion (or a champion without the metric): champion. A champion measured on another key:
+    not compared, challenger (champion with `force`). Same key: strictly better wins the champion
+    alias, a tie or worse gets the challenger alias (champion with `force`).
     """
     reg = cfg.register
     champion = current_champion(client, cfg)
     if champion is None:
         return reg.champion_alias, f"no {reg.champion_alias} yet", None
-    number, old = int(champion.version), version_metric(client, champion)
+    number = int(champion.version)
     where = f"{reg.champion_alias} v{number}"
+    theirs = champion.tags.get(KEY_TAG) or "unrecorded dev rows"
+    if theirs != key:
+        what = f"not compared: measured on {key}, {where} on {theirs}"
+        if force:
+            return reg.champion_alias, f"forced, {what}", number
+        return reg.challenger_alias, (f"{what} (to promote: evaluate on the {reg.champion_alias}'s "
+                                      "dev rows and profile, or `mtbert register --force`)"), number
+    old = version_metric(client, champion)
     if old is None:
         return reg.champion_alias, f"{where} has no {PRIMARY_METRIC}", number
     shown_new, shown_old = _pair(value, old)
     if value > old:
         return reg.champion_alias, f"{PRIMARY_METRIC} {shown_new} > {where} {shown_old}", number
-    return reg.challenger_alias, f"{PRIMARY_METRIC} {shown_new} <= {where} {shown_old}", number
+    worse = f"{PRIMARY_METRIC} {shown_new} <= {where} {shown_old}"
+    if force:
+        return reg.champion_alias, f"forced, {worse}", number
+    return reg.challenger_alias, worse, number
 
 
-def register(cfg: Config, run_id: str, model_dir: str | Path, metrics: dict[str, float],
-             sha: str | None = None) -> RegistrationResult:
-    """Log (if needed) and register the model of `run_id` as a new version; promote or not.
+def behaviour_gate(cfg: Config, model_dir: str | Path) -> behaviour.GateResult | None:
+    """The behavioural checks on the model in `model_dir` (None when `register.behaviour` is off)."""
+    gate = cfg.register.behaviour
+    if not gate.enabled:
+        return None
+    apply_threads(cfg)
+    model, tokenizer, trained = load_trained(model_dir)
 
-    Args:
-        cfg: config; `register.*` names the model and the aliases.
-        run_id: the MLflow run that trained the model (recorded in the model dir by `mtbert train`).
-        model_dir: the trained model directory (`train.out_dir`).
-        metrics: dev metrics of this model (`mtbert evaluate`); must hold `dev/overall`.
-        sha: the weights' sha256; if given, the run's own record of what it saved must match.
-    """
+    def predict(task: str, first: Sequence[str], second: Sequence[str] | None) -> np.ndarray:
+        rows = pd.DataFrame({"task": task, "sentence1": list(first),
+                             "sentence2": None if second is None else list(second)})
+        out = predict_rows(model, tokenizer, trained.model.pair_encoding, trained.model.max_length, rows)
+        return out["prediction" if task == "sst" else "score"].to_numpy()
+
+    return behaviour.run_gate(predict, model.tasks, trained.model.pair_encoding,
+                              dataclasses.asdict(gate.min_pass))
+
+
+def log_gate(cfg: Config, run_id: str, gate: behaviour.GateResult) -> None:
+    """The gate's pass rates (metrics) and cases (`GATE_ARTIFACT`) on the candidate's training run."""
+    with tracking.start_run(cfg, "register", run_id=run_id):
+        mlflow.log_metrics(gate.metrics())
+        mlflow.log_dict(gate.to_dict(), GATE_ARTIFACT)
+
+
+def gate_tags(gate: behaviour.GateResult | None) -> dict[str, str]:
+    if gate is None:
+        return {GATE_TAG: "not run (register.behaviour.enabled: false)"}
+    rates = {f"{GATE_TAG}/{c.name}": "skipped" if c.skipped else f"{c.rate:.4f}" for c in gate.checks}
+    return {GATE_TAG: gate.summary(), **rates}
+
+
+def model_summary(model_dir: str | Path) -> dict[str, object]:
+    """What the model is, from its saved config: backbone, pair encoding, tasks, profile."""
+    saved = json.loads((Path(model_dir) / META_FILE).read_text())["config"]
+    return {"checkpoint": saved["model"]["checkpoint"], "pair_encoding": saved["model"]["pair_encoding"],
+            "tasks": list(saved["train"]["tasks"]), "profile": saved.get("profile")}
+
+
+def describe(summary: dict[str, object], metrics: dict[str, float], tags: dict[str, str],
+             decision: str, reason: str) -> str:
+    """The version's description: the model, dev metrics, measurement key, gate, provenance."""
+    shown = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted(metrics.items()) if k.startswith("dev/"))
+    return "\n".join([
+        f"mtbert multitask BERT ({', '.join(summary['tasks'])}): {summary['pair_encoding']}-encoder "
+        f"on {summary['checkpoint']}, trained with profile {summary['profile']}.",
+        f"Dev metrics: {shown}.",
+        f"Measured on: {tags.get(KEY_TAG, '?')}.",
+        f"Behaviour gate: {tags[GATE_TAG]}.",
+        f"Promotion: @{decision} ({reason}).",
+        f"Data md5 {tags.get('data_md5', '?')}, git commit {tags.get('git_commit', '?')}.",
+    ])
+
+
+def _checked_run(client: MlflowClient, run_id: str, model_dir: str | Path, metrics: dict[str, float],
+                 sha: str | None) -> mlflow.entities.Run:
+    """The training run, once the metrics hold `dev/overall` and the run saved these weights."""
     if PRIMARY_METRIC not in metrics:
         raise RegistryError(f"metrics have no {PRIMARY_METRIC!r} (keys: {sorted(metrics)}); "
                             "run `mtbert evaluate` first")
-    client = connect()
     run = _get_run(client, run_id)
     trained = run.data.tags.get(tracking.TRAINED_SHA_TAG)
     if sha is not None and trained is not None and trained != sha:
@@ -188,17 +272,46 @@ def register(cfg: Config, run_id: str, model_dir: str | Path, metrics: dict[str,
     if logged is not None and abs(logged - float(metrics[PRIMARY_METRIC])) > 1e-9:
         log.warning("registering with %s %.4f, but run %s logged %.4f (stale metrics file?)",
                     PRIMARY_METRIC, float(metrics[PRIMARY_METRIC]), run_id, logged)
+    return run
+
+
+def register(cfg: Config, run_id: str, model_dir: str | Path, metrics: dict[str, float],
+             sha: str | None = None, key: str = "", force: bool = False) -> RegistrationResult:
+    """Log (if needed) and register the model of `run_id` as a new version; gate, promote or not.
+
+    Args:
+        cfg: config; `register.*` names the model and the aliases and sets the gate.
+        run_id: the MLflow run that trained the model (recorded in the model dir by `mtbert train`).
+        model_dir: the trained model directory (`train.out_dir`).
+        metrics: dev metrics of this model (`mtbert evaluate`); must hold `dev/overall`.
+        sha: the weights' sha256; if given, the run's own record of what it saved must match.
+        key: what `metrics` were measured on (`measurement.MeasurementKey`, as a string).
+        force: promote without comparing with the champion (the gate still applies).
+    """
+    client = connect()
+    run = _checked_run(client, run_id, model_dir, metrics, sha)
+    gate = behaviour_gate(cfg, model_dir)
+    if gate is not None:
+        log_gate(cfg, run_id, gate)
     model_uri = ensure_logged_model(cfg, run, model_dir)
     name = cfg.register.model_name
-    version = mlflow.register_model(model_uri, name, tags=version_tags(run, metrics))
+    tags = {**version_tags(run, metrics), KEY_TAG: key, **gate_tags(gate)}
+    version = mlflow.register_model(model_uri, name, tags=tags)
     number = int(version.version)
-    alias, reason, previous = decide(client, cfg, float(metrics[PRIMARY_METRIC]))
+    if gate is not None and not gate.ok:
+        champion = current_champion(client, cfg)
+        alias, reason = cfg.register.challenger_alias, f"behaviour gate {gate.summary()}"
+        previous = None if champion is None else int(champion.version)
+    else:
+        alias, reason, previous = decide(client, cfg, float(metrics[PRIMARY_METRIC]), key, force)
     client.set_registered_model_alias(name, alias, str(number))
     client.set_model_version_tag(name, str(number), "promotion", alias)
     client.set_model_version_tag(name, str(number), "promotion_reason", reason)
+    client.update_model_version(name, str(number), describe(model_summary(model_dir), metrics, tags,
+                                                            alias, reason))
     if alias == cfg.register.champion_alias and previous is not None:
         client.set_model_version_tag(name, str(previous), "superseded_by", str(number))
-    return RegistrationResult(name, number, model_uri, alias, reason, previous)
+    return RegistrationResult(name, number, model_uri, alias, reason, previous, key, tags[GATE_TAG])
 
 
 def compare(cfg: Config) -> pd.DataFrame:
@@ -213,7 +326,7 @@ def compare(cfg: Config) -> pd.DataFrame:
     rows = [_compare_row(client, v, aliases.get(int(v.version), []))
             for v in sorted(versions, key=lambda v: int(v.version))]
     columns = ["version", "aliases", "promotion", "superseded_by", *COMPARE_METRICS,
-               "data_md5", "git_commit", "run_id", "created"]
+               KEY_TAG, GATE_TAG, "data_md5", "git_commit", "run_id", "created"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -223,6 +336,8 @@ def _compare_row(client: MlflowClient, version: ModelVersion, aliases: list[str]
         "aliases": ",".join(sorted(aliases)),
         "promotion": version.tags.get("promotion", ""),
         "superseded_by": version.tags.get("superseded_by", ""),
+        KEY_TAG: version.tags.get(KEY_TAG, ""),
+        GATE_TAG: _gate_word(version.tags.get(GATE_TAG, "")),
         "data_md5": version.tags.get("data_md5", ""),
         "git_commit": version.tags.get("git_commit", ""),
         "run_id": version.run_id or "",
@@ -231,6 +346,11 @@ def _compare_row(client: MlflowClient, version: ModelVersion, aliases: list[str]
     for key in COMPARE_METRICS:
         row[key] = version_metric(client, version, key)
     return row
+
+
+def _gate_word(tag: str) -> str:
+    """The gate tag's first word: passed, failed, "not run", or "" (registered before the gate)."""
+    return tag.split(":", 1)[0] if tag.startswith(("passed", "failed")) else tag.split(" (", 1)[0]
 
 
 def serve_command(cfg: Config, port: int, host: str = "127.0.0.1") -> list[str]:

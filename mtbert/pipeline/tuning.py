@@ -22,6 +22,13 @@ created once (`create_study`, `mtbert tune --create-only`) before any worker sta
 starting together on an empty database race on creating Optuna's tables (optuna#1092). Workers then
 join with `open_study(..., must_exist=True)` (`mtbert tune --worker`), which never creates tables or
 studies and raises StudyNotFound instead.
+
+Trial scores compare only when measured on the same dev rows under the same profile: each study
+records its measurement key (`measurement.MeasurementKey`: profile, dev sizes, dev rows' hash) as
+the study attribute `measurement_key`, and every worker opening it (resume, `--worker`,
+`--create-only`) is refused with `StudyKeyMismatch` when its own key differs. Without a
+`tune.study_name` the study is named after the key (`mtbert-<profile>-<digest>`), so `mtbert tune
+profile=tiny` and `mtbert tune profile=quick` open different studies.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from mtbert.evaluate import predict, summary_metrics, task_metrics
 from mtbert.fileio import atomic_write_text
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.pipeline import tracking
+from mtbert.pipeline.measurement import MeasurementKey, measurement_key
 from mtbert.pipeline.project import checkpoint_dir, dev_frame, unsent_path
 from mtbert.pipeline.stages.evaluate import evaluate_model
 from mtbert.pipeline.stages.train import train_model
@@ -71,7 +79,21 @@ PRUNER_STARTUP_TRIALS = 2  # finished trials before the median pruner may stop a
 RETRY_LIMIT = 2  # a trial whose worker died twice more is probably poison (e.g. out of memory)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+KEY_ATTR = "measurement_key"  # study attribute: what its trials' scores are measured on
 INTERMEDIATE_METRIC = "tune/dev_subset_overall"
+
+
+def study_key(cfg: Config) -> MeasurementKey:
+    """What the study's trials are scored on: `cfg`'s profile and dev rows of `train.tasks`."""
+    return measurement_key(cfg, cfg.train.tasks)
+
+
+def study_name(cfg: Config, key: MeasurementKey | None = None) -> str:
+    """`tune.study_name`, or without one `mtbert-<profile>-<key digest>`."""
+    if cfg.tune.study_name:
+        return cfg.tune.study_name
+    key = key or study_key(cfg)
+    return f"mtbert-{key.profile}-{key.digest}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +113,7 @@ def suggest(trial: optuna.Trial, tune: TuneConfig) -> dict[str, float]:
 
 
 def trials_dir(cfg: Config) -> Path:
-    return Path(cfg.tune.out_file).parent / "trials" / cfg.tune.study_name
+    return Path(cfg.tune.out_file).parent / "trials" / study_name(cfg)
 
 
 def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
@@ -185,11 +207,13 @@ def make_objective(cfg: Config) -> Callable[[optuna.Trial], float]:
     project's fallback file (`unsent_path(cfg)`) and is sent by the next tracked run.
     """
 
+    name = study_name(cfg)
+
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         params = suggest(trial, cfg.tune)
         trial_cfg = trial_config(cfg, params, trial.number)
-        tags = {"optuna.study": cfg.tune.study_name, "optuna.trial": trial.number}
+        tags = {"optuna.study": name, "optuna.trial": trial.number}
         with tracking.tracked_run(trial_cfg, f"trial-{trial.number}", fallback=unsent_path(cfg),
                                   nested=True, tags=tags) as tracked:
             trial.set_user_attr("mlflow_run_id", tracked.run_id)
@@ -232,12 +256,17 @@ class StudyNotFound(UserError, LookupError):
     """A worker was pointed at a study (or a database) where no study was created."""
 
 
+class StudyKeyMismatch(UserError, ValueError):
+    """The study's trials were measured on other dev rows or under another profile than this run's."""
+
+
 @dataclass(frozen=True)
 class StudyInfo:
     """What `create_study` found or made."""
 
     name: str
     storage: str  # the URL with its password hidden
+    key: str  # what its trials are measured on (`MeasurementKey`)
     created: bool  # False: the study existed already
     trials: int  # trials it holds, any state
 
@@ -290,7 +319,7 @@ def _has_optuna_tables(url: str) -> bool:
 
 
 def _not_found(cfg: Config, url: str, where: str) -> StudyNotFound:
-    return StudyNotFound(f"study {cfg.tune.study_name!r} does not exist {where} {shown_url(url)}",
+    return StudyNotFound(f"study {study_name(cfg)!r} does not exist {where} {shown_url(url)}",
                          field="tune.storage",
                          fix="create it once, before any worker: mtbert tune --create-only")
 
@@ -309,16 +338,40 @@ def open_study(cfg: Config, storage: str | None = None, must_exist: bool = False
     StudyNotFound if the database has no Optuna tables or no study of that name.
     """
     url = storage or cfg.tune.storage
+    key = study_key(cfg)
+    name = study_name(cfg, key)
     if not must_exist:
-        return optuna.create_study(study_name=cfg.tune.study_name, storage=open_storage(url, cfg.tune),
-                                   direction="maximize", load_if_exists=True, **_search(cfg))
+        study = optuna.create_study(study_name=name, storage=open_storage(url, cfg.tune),
+                                    direction="maximize", load_if_exists=True, **_search(cfg))
+        return check_key(study, key, url)
     if not _has_optuna_tables(url):
         raise _not_found(cfg, url, "(no Optuna tables yet) in")
     try:
-        return optuna.load_study(study_name=cfg.tune.study_name,
-                                 storage=open_storage(url, cfg.tune, create_tables=False), **_search(cfg))
+        study = optuna.load_study(study_name=name, storage=open_storage(url, cfg.tune, create_tables=False),
+                                  **_search(cfg))
     except KeyError:  # optuna: "Record does not exist."
         raise _not_found(cfg, url, "in") from None
+    return check_key(study, key, url)
+
+
+def check_key(study: optuna.Study, key: MeasurementKey, url: str) -> optuna.Study:
+    """The study, once its measurement key is this run's (recorded here if it has none yet).
+
+    Raises:
+        StudyKeyMismatch: the study records another key, or it holds trials but no key (made
+            before studies recorded one): their scores would not compare with this run's.
+    """
+    stored = study.user_attrs.get(KEY_ATTR)
+    if stored is None and not study.get_trials(deepcopy=False):
+        study.set_user_attr(KEY_ATTR, str(key))
+        stored = study.user_attrs[KEY_ATTR]  # two workers starting at once wrote the same value
+    if stored == str(key):
+        return study
+    what = f"measured on {stored}" if stored else "measured on unrecorded dev rows"
+    raise StudyKeyMismatch(f"study {study.study_name!r} in {shown_url(url)} is {what}; this run "
+                           f"measures on {key}: the scores would not compare", field="tune.study_name",
+                           fix="use the study's profile and data.dev_size, or another tune.study_name "
+                               "(or none: named after the key)")
 
 
 def create_study(cfg: Config, storage: str | None = None) -> StudyInfo:
@@ -328,15 +381,17 @@ def create_study(cfg: Config, storage: str | None = None) -> StudyInfo:
     """
     url = storage or cfg.tune.storage
     rdb = open_storage(url, cfg.tune)
+    key = study_key(cfg)
+    name = study_name(cfg, key)
     try:
-        study = optuna.create_study(study_name=cfg.tune.study_name, storage=rdb,
-                                    direction="maximize", **_search(cfg))
+        study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", **_search(cfg))
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study, created = optuna.load_study(study_name=cfg.tune.study_name, storage=rdb), False
+        study, created = optuna.load_study(study_name=name, storage=rdb), False
+    check_key(study, key, url)
     # Made here, workers starting together do not each create a parent run and delete the extras.
     _parent_run_id(cfg, study)
-    return StudyInfo(cfg.tune.study_name, shown_url(url), created, len(study.get_trials(deepcopy=False)))
+    return StudyInfo(name, shown_url(url), str(key), created, len(study.get_trials(deepcopy=False)))
 
 
 def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = None,
@@ -371,7 +426,7 @@ def run_study(cfg: Config, n_trials: int | None = None, storage: str | None = No
                                callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED), bar])
             finally:
                 bar.close()
-            with tracking.best_effort(f"log study {cfg.tune.study_name!r} to MLflow"):
+            with tracking.best_effort(f"log study {study.study_name!r} to MLflow"):
                 log_study(study, history_path(cfg).parent)
     if study.get_trials(deepcopy=False):
         atomic_write_text(history_path(cfg), history_frame(study).to_csv(index=False))
@@ -406,8 +461,8 @@ def _parent_run_id(cfg: Config, study: optuna.Study) -> str:
     stored = study.user_attrs.get(PARENT_RUN_ATTR)
     if stored:
         return stored
-    with tracking.start_run(cfg, f"tune-{cfg.tune.study_name}") as run:
-        mlflow.set_tag("optuna.study", cfg.tune.study_name)
+    with tracking.start_run(cfg, f"tune-{study.study_name}") as run:
+        mlflow.set_tags({"optuna.study": study.study_name, KEY_ATTR: study.user_attrs.get(KEY_ATTR, "")})
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     stored = study.user_attrs[PARENT_RUN_ATTR]  # two workers starting at once: the last write wins
     if stored != run.info.run_id:

@@ -167,8 +167,8 @@ def test_compare_prints_one_row_per_version(history: History) -> None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header[:5] == ["version", "aliases", "promotion", "superseded_by", "dev/overall"]
-    assert {"dev/sst/accuracy", "dev/para/accuracy", "dev/sts/pearson", "data_md5", "git_commit",
-            "run_id", "created"} <= set(header)
+    assert {"dev/sst/accuracy", "dev/para/accuracy", "dev/sts/pearson", "measurement_key", "behaviour",
+            "data_md5", "git_commit", "run_id", "created"} <= set(header)
     rows = [dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True))
             for line in lines[2:]]
     assert [r["version"] for r in rows] == ["1", "2", "3"]
@@ -179,6 +179,9 @@ def test_compare_prints_one_row_per_version(history: History) -> None:
     assert {r["git_commit"] for r in rows} == {p.git_commit}
     assert {r["data_md5"] for r in rows} == {p.data_md5}
     assert {r["run_id"] for r in rows} == {p.run_id}
+    (key,) = {r["measurement_key"] for r in rows}
+    assert key.startswith("profile=tiny dev=sst:64,para:64,sts:64 rows=")
+    assert {r["behaviour"] for r in rows} == {"not run"}
 
 
 def test_register_refuses_a_run_the_server_does_not_know(trained_project: Path, mlflow_server: str,
@@ -190,3 +193,112 @@ def test_register_refuses_a_run_the_server_does_not_know(trained_project: Path, 
     proc = run_mtbert(["-q", "register"], root, mlflow_env(mlflow_server), check=False)
     assert proc.returncode != 0
     assert "does not exist at" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparable numbers, the behavioural gate, descriptions (#15). Each test registers a model name
+# of its own in a copy of the session's project, so the history above is untouched.
+
+
+def _copy(p: TrackedProject, tmp_path: Path) -> Path:
+    import shutil
+
+    return shutil.copytree(p.root, tmp_path / "project")
+
+
+def _register(root: Path, uri: str, *overrides: str, force: bool = False):
+    from mtbert.config import load_config
+    from mtbert.pipeline.stages import register
+
+    with mlflow_in_process(uri, cwd=root):
+        return register.run(load_config("params.yaml", list(overrides)), force=force)
+
+
+def test_version_records_its_key_and_a_description(history: History, client: MlflowClient) -> None:
+    p = history.project
+    v1 = client.get_model_version(p.model_name, "1")
+    key = v1.tags["measurement_key"]
+    assert key.startswith("profile=tiny dev=sst:64,para:64,sts:64 rows=") and len(key.split("rows=")[1]) == 12
+    assert v1.tags["behaviour"] == "not run (register.behaviour.enabled: false)"  # the tiny profile
+    lines = v1.description.splitlines()
+    assert lines[0] == "mtbert multitask BERT (sst, para, sts): bi-encoder on minilm, trained with profile tiny."
+    assert f"dev/overall {p.metrics['dev/overall']:.4f}" in lines[1]
+    assert lines[2] == f"Measured on: {key}."
+    assert lines[3] == "Behaviour gate: not run (register.behaviour.enabled: false)."
+    assert lines[4] == "Promotion: @champion (no champion yet)."
+    assert lines[5] == f"Data md5 {p.data_md5}, git commit {p.git_commit}."
+    assert client.get_model_version(p.model_name, "2").description.splitlines()[4].startswith(
+        "Promotion: @challenger (dev/overall ")
+
+
+def test_candidate_measured_on_other_dev_rows_is_not_compared(tracked_project: TrackedProject,
+                                                              client: MlflowClient, tmp_path: Path) -> None:
+    from mtbert.config import load_config
+    from mtbert.pipeline.stages.evaluate import evaluate_model
+
+    p, name = tracked_project, f"{tracked_project.model_name}-keys"
+    root = _copy(p, tmp_path)
+    first = _register(root, p.tracking_uri, f"register.model_name={name}")
+    assert (first.decision, first.reason) == ("champion", "no champion yet")
+    # Really evaluate the same model on 32 dev rows per task instead of the tiny profile's 64, and
+    # claim a much better score: compared silently, it would win.
+    with mlflow_in_process(p.tracking_uri, cwd=root):
+        metrics = evaluate_model(load_config("params.yaml", ["data.dev_size={sst: 32, para: 32, sts: 32}"]))
+    (root / "artifacts" / "eval" / "metrics.json").write_text(
+        json.dumps(dict(metrics, **{"dev/overall": metrics["dev/overall"] + 0.5})))
+
+    proc = run_mtbert(["-q", "register", f"register.model_name={name}"], root, mlflow_env(p.tracking_uri))
+
+    (line,) = proc.stdout.strip().splitlines()
+    other, champion = first.measurement_key.replace(":64", ":32").rsplit(" rows=", 1)[0], first.measurement_key
+    assert line.startswith(f"registered {name} version 2 -> @challenger (not compared: measured on {other} rows=")
+    assert f", champion v1 on {champion} (to promote: " in line and "mtbert register --force" in line
+    assert client.get_registered_model(name).aliases == {"champion": "1", "challenger": "2"}
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["measurement_key"].startswith(other) and v2.tags["measurement_key"] != champion
+    assert line.endswith(f"({v2.tags['promotion_reason']})") and v2.tags["promotion"] == "challenger"
+
+    forced = run_mtbert(["-q", "register", "--force", f"register.model_name={name}"], root,
+                        mlflow_env(p.tracking_uri)).stdout
+    assert "version 3 -> @champion (forced, not compared: measured on" in forced
+    assert client.get_registered_model(name).aliases == {"champion": "3", "challenger": "2"}
+    assert client.get_model_version(name, "1").tags["superseded_by"] == "3"
+
+    table = run_mtbert(["-q", "compare", f"register.model_name={name}"], root, mlflow_env(p.tracking_uri)).stdout
+    assert "measurement_key" in table.splitlines()[0] and champion in table and v2.tags["measurement_key"] in table
+
+
+def test_failing_behaviour_gate_keeps_the_candidate_off_champion(tracked_project: TrackedProject,
+                                                                client: MlflowClient, tmp_path: Path) -> None:
+    """The tiny model really fails the default thresholds (invariance .56, direction .64 < .8)."""
+    p, name = tracked_project, f"{tracked_project.model_name}-gate"
+    root = _copy(p, tmp_path)
+
+    failed = _register(root, p.tracking_uri, f"register.model_name={name}", "register.behaviour.enabled=true")
+
+    assert failed.decision == "challenger" and failed.previous_champion is None
+    assert failed.reason.startswith("behaviour gate failed: invariance ")
+    assert "< 0.80" in failed.reason
+    assert client.get_registered_model(name).aliases == {"challenger": "1"}  # no champion at all
+    v1 = client.get_model_version(name, "1")
+    assert v1.tags["promotion_reason"] == failed.reason and v1.tags["behaviour"] == failed.behaviour
+    rates = {check: float(v1.tags[f"behaviour/{check}"]) for check in ("invariance", "direction", "symmetry")}
+    assert rates["invariance"] < 0.8 or rates["direction"] < 0.8
+    assert f"Behaviour gate: {failed.behaviour}." in v1.description
+    run = client.get_run(p.run_id)
+    for check, rate in rates.items():
+        assert run.data.metrics[f"behaviour/{check}/pass_rate"] == pytest.approx(rate, abs=1e-4)
+    assert run.data.metrics["behaviour/passed"] == 0.0
+    from mlflow.artifacts import load_dict
+
+    with mlflow_in_process(p.tracking_uri):
+        shown = load_dict(f"runs:/{p.run_id}/behaviour/behaviour.json")
+    assert shown["passed"] is False and shown["summary"] == failed.behaviour
+    assert [c["name"] for c in shown["checks"]] == ["invariance", "direction", "symmetry"]
+    assert all(c["failures"] for c in shown["checks"] if not c["ok"])
+
+    # The same model with thresholds it meets becomes champion: the thresholds decided, nothing else.
+    passed = _register(root, p.tracking_uri, f"register.model_name={name}", "register.behaviour.enabled=true",
+                       "register.behaviour.min_pass={invariance: 0.5, direction: 0.5, symmetry: 1.0}")
+    assert (passed.decision, passed.reason) == ("champion", "no champion yet")
+    assert passed.behaviour.startswith("passed: ")

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from mtbert.pipeline import tuning
 from mtbert.config import Config, load_config
 from tests.conftest import run_cli
-from tests.integration.conftest import mlflow_env, start_process_group, stop_process_group
+from tests.integration.conftest import mlflow_env, run_mtbert, start_process_group, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +184,42 @@ def test_killed_worker_trial_is_failed_and_retried(project: Path, mlflow_server:
     client = mlflow.MlflowClient(mlflow_server)
     assert client.get_run(first.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert client.get_run(retry.user_attrs["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_tiny_and_quick_use_different_studies_and_a_mismatched_worker_is_refused(
+        project: Path, mlflow_server: str) -> None:
+    """Without tune.study_name a study is named after its measurement key; a study remembers its key."""
+    storage = f"tune.storage={_storage(project)}"
+    tiny = _config(project, "profile=tiny", storage)
+    quick = _config(project, "profile=quick", "data.dev_size={sst: 24, para: 24, sts: 24}", storage)
+    assert tiny.tune.study_name is None and quick.tune.study_name is None
+
+    tiny_study = tuning.run_study(tiny, n_trials=1)
+    quick_study = tuning.run_study(quick, n_trials=1)
+
+    tiny_key, quick_key = tuning.study_key(tiny), tuning.study_key(quick)
+    assert str(tiny_key).startswith("profile=tiny dev=sst:16,para:16,sts:16 rows=")
+    assert str(quick_key).startswith("profile=quick dev=sst:24,para:24,sts:24 rows=")
+    assert tiny_study.study_name == f"mtbert-tiny-{tiny_key.digest}"
+    assert quick_study.study_name == f"mtbert-quick-{quick_key.digest}"
+    assert sorted(optuna.get_all_study_names(_storage(project))) == sorted(
+        [tiny_study.study_name, quick_study.study_name])
+    for study, key in ((tiny_study, tiny_key), (quick_study, quick_key)):
+        reloaded = optuna.load_study(study_name=study.study_name, storage=_storage(project))
+        assert reloaded.user_attrs[tuning.KEY_ATTR] == str(key)
+        assert _states(reloaded) == [TrialState.COMPLETE]
+    parent = mlflow.MlflowClient(mlflow_server).get_run(tiny_study.user_attrs[tuning.PARENT_RUN_ATTR])
+    assert parent.data.tags[tuning.KEY_ATTR] == str(tiny_key)
+
+    # A worker with quick's settings pointed at the tiny study by name: refused, nothing run.
+    joining = [*SMALL, "profile=quick", "data.dev_size={sst: 24, para: 24, sts: 24}", storage,
+               f"tune.study_name={tiny_study.study_name}", "tune.n_trials=2"]
+    out = run_mtbert(["-q", "tune", "--worker", *joining], project, mlflow_env(mlflow_server), check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("mtbert tune: ") and "Traceback" not in out.stderr
+    assert f"study '{tiny_study.study_name}' in sqlite:///" in line
+    assert f"is measured on {tiny_key}; this run measures on {quick_key}" in line
+    with pytest.raises(tuning.StudyKeyMismatch, match="the scores would not compare"):
+        tuning.open_study(load_config(project / "params.yaml", joining))  # resume without --worker
+    assert _states(tuning.open_study(tiny)) == [TrialState.COMPLETE]  # nothing was run in it

@@ -12,16 +12,19 @@ import pandas as pd
 from mtbert.checkpoint import MODEL_FILE
 from mtbert.config import Config
 from mtbert.fileio import sha256_file
-from mtbert.pipeline import registry, tracking
+from mtbert.pipeline import measurement, registry, tracking
 from mtbert.pipeline.stages import evaluate as evaluate_stage
 
 
-def run(cfg: Config) -> registry.RegistrationResult:
-    """Register the model in `train.out_dir` with the dev metrics `evaluate` wrote; promote it.
+def run(cfg: Config, force: bool = False) -> registry.RegistrationResult:
+    """Register the model in `train.out_dir` with the dev metrics `evaluate` wrote; gate and promote it.
 
     Lineage is checked first: the weights must be those the recorded MLflow run saved (their
     sha256 in the run record, and in the run's tag), and the dev metrics must have been measured
-    on these weights and be finite; otherwise nothing is registered.
+    on these weights and be finite; otherwise nothing is registered. What the metrics were
+    measured on (the dev rows `evaluate` predicted, the model's profile) becomes the version's
+    measurement key: it is compared with the champion only when the keys match. `force` promotes
+    it without comparing (the behavioural gate still applies); see `registry`.
     """
     model_dir, eval_dir = Path(cfg.train.out_dir), Path(cfg.eval.out_dir)
     record = tracking.load_run_record(model_dir)
@@ -45,7 +48,18 @@ def run(cfg: Config) -> registry.RegistrationResult:
     if bad:
         raise registry.RegistryError(f"non-finite metrics {bad}", path=metrics_path,
                                      fix="the model is broken: retrain it")
-    return registry.register(cfg, record["run_id"], model_dir, metrics, sha)
+    profile = registry.model_summary(model_dir)["profile"]
+    key = measurement.evaluated_key(cfg, profile, measurement.measured_tasks(metrics))
+    return registry.register(cfg, record["run_id"], model_dir, metrics, sha, str(key), force)
+
+
+def run_link(run_id: str) -> dict[str, str]:
+    """Where an MLflow run lives: tracking URI, experiment and run ids, and its UI address (an
+    HTTP tracking server's run page; empty for a local store)."""
+    uri = tracking.tracking_uri()
+    experiment_id = registry.connect().get_run(run_id).info.experiment_id
+    url = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if uri.startswith("http") else ""
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": run_id, "url": url}
 
 
 def compare(cfg: Config) -> pd.DataFrame:

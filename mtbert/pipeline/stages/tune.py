@@ -1,6 +1,8 @@
 """The tune stage: run (or resume, or join) the Optuna study; its best parameters as overrides.
 
-On several machines: `create` the study once, then `run(cfg, join=True)` on each worker.
+On several machines: `create` the study once, then `run(cfg, join=True)` on each worker. A study is
+keyed by what its trials are measured on (profile, dev rows): a worker with another key is refused
+(`tuning.StudyKeyMismatch`).
 """
 
 from __future__ import annotations
@@ -33,5 +35,11 @@ def run(cfg: Config, n_trials: int | None = None, progress: bool = False,
     """
     study = tuning.run_study(cfg, n_trials, progress=progress, join=join)
     if not tuning.completed(study):
-        raise NoTrialCompleted(f"study {cfg.tune.study_name!r}: no trial completed; see the log above")
+        raise NoTrialCompleted(f"study {study.study_name!r}: no trial completed; see the log above")
     return tuning.best_overrides(study)
+
+
+def study_name(cfg: Config) -> str:
+    """The study `run` opens: `tune.study_name`, or one named after the measurement key
+    (`mtbert-<profile>-<digest>`: studies of other profiles or dev rows never mix)."""
+    return tuning.study_name(cfg)
