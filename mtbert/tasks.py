@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TASKS: tuple[str, ...] = ("sst", "para", "sts")
+# The names of the class ids of the classification tasks: SST-5 as the course data labels it,
+# Quora's two classes. `mtbert predict`, the Python API and the model card use these.
+LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "sst": ("negative", "somewhat negative", "neutral", "somewhat positive", "positive"),
+    "para": ("not duplicate", "duplicate"),
+}
 
 
 @dataclass(frozen=True)

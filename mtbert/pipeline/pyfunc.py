@@ -21,11 +21,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-import mtbert
 from mtbert.model.trained import load_trained
 from mtbert.pipeline.serving import PredictionInputError, predict_rows
 
 MODEL_DIR_KEY = "model_dir"
+# The package's source folder, shipped with the logged model. Not `mtbert.__file__`: the package's
+# `__init__` (`mtbert.load`) is the library's front door, above this layer.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MODEL_NAME = "model"  # the logged model's name inside its run
 BATCH_SIZE = 64
 
@@ -103,7 +105,7 @@ def log_model(model_dir: str | Path, name: str = MODEL_NAME) -> str:
             name=name,
             python_model=str(code),
             artifacts={MODEL_DIR_KEY: str(model_dir)},
-            code_paths=[str(Path(mtbert.__file__).parent)],
+            code_paths=[str(PACKAGE_DIR)],
             signature=example_signature(model_dir),
             input_example=INPUT_EXAMPLE,
             pip_requirements=pip_requirements(),
