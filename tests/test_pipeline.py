@@ -39,8 +39,8 @@ def test_predict_command_writes_course_format(trained_project: Path, tmp_path: P
     src.write_text("\tid\tsentence1\tsentence2\n0\ta1\tA man plays a guitar.\tA person plays music.\n"
                    "1\ta2\tThe cat sleeps.\tStocks fell sharply today.\n")
     out = tmp_path / "out.csv"
-    run_cli(["-q", "predict", "--task", "sts", "--input", str(src), "--output", str(out)],
-            trained_project)
+    run_cli(["-q", "predict", "--task", "sts", "--format", "course", "--input", str(src),
+             "--output", str(out)], trained_project)
     rows = out.read_text().splitlines()
     assert rows[0] == "id \t Predicted_Similiarity "
     scores = [float(r.split(" , ")[1]) for r in rows[1:]]

@@ -292,7 +292,8 @@ PREDICT_CASES = [
     Case("predict-input-is-a-folder", "trained", [*PRED, "--input", "data", "--output", "out.csv"],
          r"data: --input: is not a file$"),
     Case("predict-missing-column", "trained", [*PRED, "--input", "in.csv", "--output", "out.csv"],
-         r"in\.csv:1: field 'sentence': missing required column in header of in\.csv$",
+         r"in\.csv:1: field 'sentence': missing required column in header of in\.csv \(found "
+         r"columns: 'id', 'text'; sst needs sentence, and optionally id\)$",
          write("in.csv", "id\ttext\na1\tA fine film .\n")),
     Case("predict-para-missing-sentence2", "trained",
          ["predict", "--task", "para", "--input", "in.csv", "--output", "out.csv"],
