@@ -6,6 +6,7 @@ progress bars) depend on this small module, not on the training code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,3 +50,10 @@ class Callback:
 
     def on_epoch_end(self, ctx: FitContext) -> None:
         """After each epoch (ctx.state.epoch already counts it)."""
+
+    def on_eval(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        """After `fit`'s dev evaluation (its `evaluate`) at step ctx.state.global_step."""
+
+
+# The live model -> dev metrics (named as the evaluate stage logs them: `dev/<task>/<metric>`).
+Evaluate = Callable[[torch.nn.Module], dict[str, float]]

@@ -13,14 +13,16 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from mtbert.batching import Batch, TokenizedTask, collate, make_batches
-from mtbert.callbacks import Callback, FitContext, TrainState
+from mtbert.callbacks import Callback, Evaluate, FitContext, TrainState
 from mtbert.config import TrainConfig
 from mtbert.distill import distill_loss, lam_at, mix
 from mtbert.distributed import SINGLE, Dist
+from mtbert.evaluate import predict, summary_metrics, task_metrics
 from mtbert.losses import STS_MAX_SCORE, task_loss
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import lr_at
@@ -373,7 +375,7 @@ def _check_data(data: dict[str, TokenizedTask], cfg: TrainConfig) -> None:
 def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.optim.Optimizer,
         cfg: TrainConfig, seed: int, state: TrainState | None = None,
         callbacks: Sequence[Callback] = (), teacher: BregmanTeacher | None = None,
-        dist: Dist = SINGLE) -> TrainState:
+        dist: Dist = SINGLE, evaluate: Evaluate | None = None) -> TrainState:
     """Train for `cfg.epochs` epochs, resuming from `state` if given.
 
     Args:
@@ -390,6 +392,10 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
         dist: the ranks of a data-parallel job (`mtbert.distributed`): every rank plans the same
             batches, trains on its slice of each (`data_parallel_step`) and ends with the same
             weights. The default, one process, runs `train_step` on whole batches.
+        evaluate: scores the live model on dev rows (e.g. a `DevScorer`) every `cfg.eval_every`
+            steps (0: never mid-epoch) and at the end of each epoch; its metrics go to each
+            callback's `on_eval`. Scoring runs in eval mode without grad and draws no random
+            numbers, so the training is the same with or without it.
     """
     _check_data(data, cfg)
     device = next(model.parameters()).device
@@ -397,6 +403,7 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
     state = state or TrainState(total_steps=total_steps(data, cfg, seed))
     warmup = int(cfg.warmup_ratio * state.total_steps)
     ctx = FitContext(model, optimizer, state, teacher)
+    evaluated = -1  # the step last scored: an epoch end right after a mid-epoch score skips it
     while state.epoch < cfg.epochs:
         schedule, batches = epoch_plan(data, cfg, seed, state.epoch)
         cursor = _cursors(schedule, state.step_in_epoch)
@@ -421,11 +428,42 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
             state.global_step += 1
             for cb in callbacks:
                 cb.on_step(ctx, metrics)
+            if evaluate is not None and cfg.eval_every and state.global_step % cfg.eval_every == 0:
+                evaluated = _evaluate(ctx, evaluate, callbacks)
         state.epoch += 1
         state.step_in_epoch = 0
+        if evaluate is not None and evaluated != state.global_step:
+            evaluated = _evaluate(ctx, evaluate, callbacks)
         for cb in callbacks:
             cb.on_epoch_end(ctx)
     return state
+
+
+def _evaluate(ctx: FitContext, evaluate: Evaluate, callbacks: Sequence[Callback]) -> int:
+    """Score the live model and hand the metrics to every callback; returns the step scored."""
+    metrics = evaluate(ctx.model)
+    for cb in callbacks:
+        cb.on_eval(ctx, metrics)
+    return ctx.state.global_step
+
+
+class DevScorer:
+    """An `Evaluate` for `fit`: the evaluate stage's dev metrics on fixed tokenized rows.
+
+    Args:
+        data: labelled dev rows per task (a small, fixed subset keeps the scoring cheap).
+        batch_size: rows per inference batch.
+        precision: "fp32" or "bf16" (autocast), as in training.
+    """
+
+    def __init__(self, data: dict[str, TokenizedTask], batch_size: int, precision: str = "fp32") -> None:
+        self.data, self.batch_size, self.precision = data, batch_size, precision
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        per_task = {task: task_metrics(predict(model, rows, self.batch_size, self.precision),
+                                       np.asarray(rows.labels, dtype=np.float64))
+                    for task, rows in self.data.items() if len(rows.segments)}
+        return summary_metrics(per_task)
 
 
 def _take_rows(batches: dict[str, list[list[int]]], step_tasks: tuple[str, ...],

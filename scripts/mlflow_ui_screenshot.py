@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         model_texts = expected_model(base, args.model)
     except urllib.error.HTTPError as err:  # e.g. 404 for an unknown experiment or model
         parser.exit(1, f"{err.url}: {err.code} {err.read().decode(errors='replace')[:500]}\n")
-    pages = [(browser.experiment_url(base, experiment_id), [args.experiment, *run_names],
+    # The runs table as mtbert's link opens it: its stored view with the dev metric columns.
+    runs_url = browser.experiment_url(base, experiment_id) + "&viewStateShareKey=mtbert"
+    pages = [(runs_url, [args.experiment, *run_names, "dev/overall"],
               args.out / "mlflow-ui-runs.png"),
              (browser.model_url(base, args.model), [args.model, *model_texts],
               args.out / "mlflow-ui-model.png")]

@@ -17,17 +17,20 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pyarrow.parquet as pq
 import yaml
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 
-from mtbert.config import Config, flatten, to_dict
+from mtbert.config import Config, ConfigError, flatten, load_config, to_dict
 from mtbert.errors import Interrupted, UserError
-from mtbert.fileio import atomic_write_text
+from mtbert.fileio import atomic_write_text, sha256_file
 from mtbert.callbacks import Callback, FitContext
 
 log = logging.getLogger("mtbert")
@@ -79,11 +82,114 @@ def data_hash(dvc_file: str | Path = "data.dvc") -> str:
     return str(outs[0].get("md5", "unknown"))
 
 
+# ---------------------------------------------------------------------------------------------
+# What the MLflow UI shows first
+
+# MLflow 3 shows an experiment either as "GenAI" (traces overview) or as "Model training" (the runs
+# table). Its UIs before 3.17 chose by this experiment tag; 3.17 chooses by the page's
+# `workflowType` (URL, else the browser's last choice, else GenAI), so `ui_url` names it too.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# A view of the runs table stored on the experiment (the UI's "shared view" tag), opened by
+# `?viewStateShareKey=mtbert`: the dev metrics as columns. The UI's own default shows no metric.
+VIEW_KEY = "mtbert"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+DEV_COLUMNS = ("dev/overall", "dev/sst/accuracy", "dev/para/accuracy", "dev/sts/pearson")
+VIEW_PARAMS = ("profile", "train.lr", "train.epochs", "train.sampler", "model.pooling")
+UI_COMMAND = f"mlflow ui --backend-store-uri {DEFAULT_URI} --host 127.0.0.1"
+UI_DEFAULT_BASE = "http://127.0.0.1:5000"  # where UI_COMMAND serves
+
+
+def runs_view() -> dict[str, Any]:
+    """The runs-table view state stored in VIEW_TAG (the keys the UI's shared views hold)."""
+    columns = [f"metrics.`{name}`" for name in DEV_COLUMNS]
+    columns += [f"params.`{name}`" for name in VIEW_PARAMS]
+    return {"orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": columns}  # no Dataset column: it is wide and would push them off screen
+
+
+def experiment_tags(existing: Mapping[str, str]) -> dict[str, str]:
+    """The tags mtbert sets on its experiment, less those already right. A kind the user chose
+    (another value of the tag) is kept; the view is mtbert's own and kept current."""
+    wanted = {VIEW_TAG: json.dumps(runs_view(), separators=(",", ":"))}
+    if EXPERIMENT_KIND_TAG not in existing:
+        wanted[EXPERIMENT_KIND_TAG] = MODEL_TRAINING_KIND
+    return {k: v for k, v in wanted.items() if existing.get(k) != v}
+
+
+def ui_url(experiment_id: str, uri: str | None = None) -> str:
+    """Where the experiment's runs table opens, with the dev metric columns, for anyone: the
+    tracking server itself, or for the local SQLite store what `UI_COMMAND` serves."""
+    uri = uri or tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT_BASE
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")
+
+
 def _setup(cfg: Config) -> None:
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(cfg.register.experiment)
+    experiment = mlflow.set_experiment(cfg.register.experiment)
+    missing = experiment_tags(experiment.tags)
+    if missing:
+        with best_effort("tag the MLflow experiment for its UI"), bounded_http():
+            for key, value in missing.items():
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run names: what the run is, readable in the runs table
+
+STAGE_RUNS = ("train", "evaluate", "pretrain-mlm")  # named by `run_name`; others keep their name
+# Keys that do not change what a run computes (where, how fast, what else): never in a name.
+_UNNAMED = ("profile", "train.threads", "train.device", "train.checkpoint_every", "train.out_dir",
+            "train.eval_every", "train.eval_rows", "train.distill.outputs_dir", "mlm.out_dir",
+            "data.source", "data.raw_dir", "data.prepared_dir", "data.augmented_dir", "eval.",
+            "register.", "tune.")
+MAX_NAMED_KEYS = 4
+
+
+def describe_run(cfg: Config, stage: str, base: Config | None = None) -> str:
+    """`stage profile key=value ...`: the settings in which `cfg` differs from `base` (by default
+    the project's params.yaml under the same profile), by their shortest names, sorted, at most
+    MAX_NAMED_KEYS then `+N`. E.g. `train quick lr=3e-05 pooling=mean`, `evaluate tiny`.
+    Names other than STAGE_RUNS (tuning trials, ablation configurations) are kept."""
+    if stage not in STAGE_RUNS:
+        return stage
+    base = base if base is not None else _project_params(cfg)
+    new = flatten(to_dict(cfg))
+    old = flatten(to_dict(base)) if base is not None else new
+    changed = sorted(k for k in new if new[k] != old.get(k) and not k.startswith(_UNNAMED))
+    parts = sorted(f"{_short_key(k, changed)}={_short_value(new[k])}" for k in changed)
+    parts = parts[:MAX_NAMED_KEYS]
+    if len(changed) > MAX_NAMED_KEYS:
+        parts.append(f"+{len(changed) - MAX_NAMED_KEYS}")
+    return " ".join([stage, cfg.profile or "default", *parts])
+
+
+def _project_params(cfg: Config) -> Config | None:
+    """params.yaml of the working directory under `cfg`'s profile; None if it cannot be read."""
+    try:
+        return load_config("params.yaml", [f"profile={json.dumps(cfg.profile)}"])
+    except (ConfigError, OSError):
+        return None
+
+
+def _short_key(key: str, keys: Sequence[str]) -> str:
+    """The last part of a dotted key, or the last two where the last is ambiguous (`sst`)."""
+    last = key.rsplit(".", 1)[-1]
+    if sum(k.rsplit(".", 1)[-1] == last for k in keys) > 1 or last in ("sst", "para", "sts", "enabled"):
+        return ".".join(key.split(".")[-2:])
+    return last
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(_short_value, value))
+    return str(value)
 
 
 @contextlib.contextmanager
@@ -95,7 +201,8 @@ def start_run(cfg: Config, run_name: str, run_id: str | None = None,
     already on disk), the run is left open on the server and a warning says so.
     """
     _setup(cfg)
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else describe_run(cfg, run_name),
+                           nested=nested)
     status = "FAILED"
     try:
         if run_id is None:
@@ -184,6 +291,10 @@ class MlflowCallback(Callback):
             self.flush()
 
     def on_epoch_end(self, ctx: FitContext) -> None:
+        self.flush()
+
+    def on_eval(self, ctx: FitContext, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, ctx.state.global_step)
         self.flush()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -295,6 +406,26 @@ class TrackedRun:
             for key, value in tags.items():
                 client.set_tag(self.run_id, key, str(value))
 
+    def log_datasets(self, files: Sequence[tuple[Path, str]]) -> None:
+        """Log prepared tables as the run's inputs: (path, context) pairs, e.g. "training".
+
+        Each dataset is named after its file (`sst-train`) with its path as source; its digest is
+        the file's sha256, cut to the 36 characters MLflow stores (the whole one is the input tag
+        `sha256`, beside `rows`). Missing files are skipped; a failure only warns.
+        """
+        present = [(Path(path), context) for path, context in files if Path(path).is_file()]
+        if not present or self.callback.failed_once:
+            return
+        with best_effort("log the datasets to MLflow"), bounded_http():
+            datasets, contexts, tags = [], [], []
+            for path, context in present:
+                sha = sha256_file(path)
+                source = resolve_dataset_source(str(path.resolve()))
+                datasets.append(MetaDataset(source, name=path.stem, digest=sha[:36]))
+                contexts.append(context)
+                tags.append({"sha256": sha, "rows": str(pq.read_metadata(path).num_rows)})
+            mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
+
     def log_artifacts(self, paths: list[Path], artifact_path: str) -> None:
         """Upload files (a folder: its contents) to the run; a failure only warns (they stay on disk).
 
@@ -329,6 +460,9 @@ def tracked_run(cfg: Config, name: str, *, fallback: str | Path, run_id: str | N
             yield tracked
         finally:  # tracking failures only warn: unsent metrics go to `fallback`, and the log says so
             tracked.callback.close()
+        if not nested:
+            where = "" if tracking_uri().startswith(("http://", "https://")) else f" (after `{UI_COMMAND}`)"
+            log.info("MLflow run %r: %s%s", run.info.run_name, ui_url(run.info.experiment_id), where)
 
 
 def replay_unsent(path: Path) -> None:
