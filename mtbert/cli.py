@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from mtbert.config import Config, load_config, load_overrides_file, to_dict
+from mtbert.config import Config, load_config, load_overrides_file, parse_override, to_dict
 from mtbert.errors import UserError, one_line
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -88,9 +88,21 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.progress import row_progress
     from mtbert.pipeline.stages import evaluate
 
+    if (explicit := _explicit_keys(args)) is not None:
+        cfg, line = evaluate.trained_settings(cfg, explicit)
+        print(line, flush=True)
     with row_progress(not args.quiet, "evaluate") as progress:
         metrics = evaluate.run(cfg, progress=progress)
     _print_metrics(metrics)
+
+
+def _explicit_keys(args: argparse.Namespace) -> list[str] | None:
+    """The dotted keys the command line set (evaluate and predict take the rest of what the model
+    was trained with from the model); None under `dvc repro`, where params.yaml is what the stage
+    declares and rules (the train stage wrote the model from the same params.yaml)."""
+    if DVC_STAGE_ENV in os.environ:
+        return None
+    return [parse_override(text)[0] for text in args.overrides]
 
 
 def _print_metrics(metrics: dict[str, float]) -> None:
@@ -105,9 +117,11 @@ def cmd_predict(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.progress import row_progress
     from mtbert.pipeline.stages import predict
 
+    cfg, line = predict.trained_settings(cfg, _explicit_keys(args) or [], args.model_dir)
+    print(line, flush=True)
     with row_progress(not args.quiet, f"predict {args.task}") as progress:
         n = predict.run(cfg, args.task, args.input, args.output, model_dir=args.model_dir,
-                        progress=progress)
+                        progress=progress, output_format=args.format)
     print(f"wrote {n} predictions to {args.output}")
 
 
@@ -122,7 +136,7 @@ def cmd_tune(cfg: Config, args: argparse.Namespace) -> None:
         info = tune.create(cfg)
         state = "created" if info.created else f"already exists ({info.trials} trials)"
         secret = " (*** is the password; or leave it out and set PGPASSWORD)" if "***" in info.storage else ""
-        print(f"study {info.name!r} {state} in {info.storage}; no trial run. Join it from each worker "
+        print(f"study {info.name!r} ({info.key}) {state} in {info.storage}; no trial run. Join it from each worker "
               f"(same params and overrides, a sampler seed of its own) with:\n"
               f"  mtbert tune --worker tune.storage='{info.storage}' tune.study_name={info.name} "
               f"tune.sampler_seed=<N>{secret}\nWorkers stop once the study holds "
@@ -130,7 +144,7 @@ def cmd_tune(cfg: Config, args: argparse.Namespace) -> None:
         return
     start = time.monotonic()
     best = tune.run(cfg, progress=not args.quiet, join=args.worker)
-    print(f"study {cfg.tune.study_name!r} done in {time.monotonic() - start:.0f} s; best parameters "
+    print(f"study {tune.study_name(cfg)!r} done in {time.monotonic() - start:.0f} s; best parameters "
           f"-> {cfg.tune.out_file} (use: mtbert train --overrides-file {cfg.tune.out_file})")
     for key, value in sorted(best.items()):
         print(f"  {key}: {value:.4g}")
@@ -139,7 +153,7 @@ def cmd_tune(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_register(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.stages import register
 
-    result = register.run(cfg)
+    result = register.run(cfg, force=args.force)
     print(f"registered {result.name} version {result.version} -> @{result.decision} ({result.reason})")
 
 
@@ -157,6 +171,8 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.stages import register
 
     cmd, env = register.serve_command(cfg, args.port)
+    if cfg.train.threads:  # runtime settings apply to the server too: its torch reads these at start
+        env = {**env, "OMP_NUM_THREADS": str(cfg.train.threads), "RAYON_NUM_THREADS": str(cfg.train.threads)}
     sys.stdout.flush()
     os.execve(cmd[0], cmd, env)  # become the server: signals reach it directly
 
@@ -199,8 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="dev metrics, prediction files and plots")
     p = sub.add_parser("predict", help="predict a task for a CSV/TSV of sentences")
     p.add_argument("--task", required=True, choices=["sst", "para", "sts"])
-    p.add_argument("--input", required=True, help="course-format file (id, sentence[1], sentence2)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--input", required=True, help="CSV or TSV with a header: sentence (sst) or "
+                   "sentence1, sentence2 (para, sts), and optionally id (else ids are row numbers "
+                   "from 0); the delimiter is the header's")
+    p.add_argument("--output", required=True, help="CSV of id, prediction (and label for sst)")
+    p.add_argument("--format", choices=["csv", "course"], default="csv",
+                   help="csv (default, reads with pandas) or course (the course files' format)")
     p.add_argument("--model-dir", help="trained model directory (default: train.out_dir)")
     p = sub.add_parser("config", help="print the resolved configuration")
     p.add_argument("--overrides-file", help="YAML of dotted overrides, e.g. artifacts/tune/best_params.yaml")
@@ -221,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--only", help="comma-separated configurations to run (default: all unfinished)")
     what.add_argument("--tables-only", action="store_true",
                       help="run nothing: rewrite the tables from the finished configurations")
-    sub.add_parser("register", help="register the trained model; promote it to champion if better")
+    p = sub.add_parser("register", help="register the trained model; promote it to champion if it passes "
+                       "the behavioural gate and beats the champion measured on the same dev rows")
+    p.add_argument("--force", action="store_true", help="promote without comparing with the champion "
+                   "(other dev rows or profile, or a lower score); the behavioural gate still applies")
     sub.add_parser("compare", help="table of registered versions: aliases, dev metrics, provenance")
     p = sub.add_parser("serve", help="serve the champion with `mlflow models serve` on 127.0.0.1")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
@@ -249,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides_file = getattr(args, "overrides_file", None)
         overrides = load_overrides_file(overrides_file) if overrides_file else []
         cfg = load_config(args.params, overrides + rest)
+        args.overrides = overrides + rest
         COMMANDS[args.command](cfg, args)
     except Exception as err:  # noqa: BLE001 - the one error boundary of the command line
         return _report(err, args)

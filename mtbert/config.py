@@ -204,6 +204,8 @@ class TrainConfig:
     layer_decay: float = 1.0  # layer-wise lr decay d: layer i of L at lr x d**(L - i); 1 is off
     distill: DistillConfig = field(default_factory=DistillConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    eval_every: int = 0  # steps between dev scores while training; 0: at each epoch end only
+    eval_rows: int = 256  # first dev rows per task scored while training; 0: no dev curves
 
     def __post_init__(self) -> None:
         _check_tasks("train.tasks", self.tasks, allow_empty=False)
@@ -247,7 +249,7 @@ class AugmentConfig:
 class TuneConfig:
     n_trials: int = 6
     storage: str = "sqlite:///artifacts/optuna.db"
-    study_name: str = "mtbert"
+    study_name: str | None = None  # None: mtbert-<profile>-<measurement key digest>
     sampler_seed: int = 7
     lr_min: float = 1e-5
     lr_max: float = 2e-4
@@ -264,11 +266,27 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class BehaviourMinPass:
+    """Pass rate each behavioural check needs (`mtbert.behaviour.CHECKS`)."""
+
+    invariance: float = 0.8
+    direction: float = 0.8
+    symmetry: float = 1.0
+
+
+@dataclass(frozen=True)
+class BehaviourConfig:
+    enabled: bool = True
+    min_pass: BehaviourMinPass = field(default_factory=BehaviourMinPass)
+
+
+@dataclass(frozen=True)
 class RegisterConfig:
     experiment: str = "mtbert"
     model_name: str = "mtbert"
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
 
 
 @dataclass(frozen=True)
@@ -422,6 +440,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.head_lr_scale: must be > 0, got {t.head_lr_scale}")
     _check_range("train.warmup_ratio", t.warmup_ratio, 0.0, 1.0)
     _check_range("mlm.mask_prob", cfg.mlm.mask_prob, 0.0, 1.0)
+    for name, value in dataclasses.asdict(cfg.register.behaviour.min_pass).items():
+        _check_range(f"register.behaviour.min_pass.{name}", value, 0.0, 1.0, high_open=False)
     _check_range("train.smart.bregman_beta", t.smart.bregman_beta, 0.0, 1.0, high_open=False)
     for task in TASKS:
         if t.loss_scale.get(task) < 0:
@@ -455,6 +475,7 @@ def _validate_non_negative(cfg: Config) -> None:
     """Counts where a negative value would fail mid-run (0 keeps its documented meaning)."""
     t = cfg.train
     checks = [("train.checkpoint_every", t.checkpoint_every), ("train.max_tokens", t.max_tokens),
+              ("train.eval_every", t.eval_every), ("train.eval_rows", t.eval_rows),
               ("train.threads", t.threads), ("train.grad_clip", t.grad_clip),
               ("train.smart.bregman_weight", t.smart.bregman_weight),
               ("augment.eda_copies", cfg.augment.eda_copies)]

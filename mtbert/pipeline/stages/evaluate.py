@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mtbert.batching import tokenize_frame
-from mtbert.checkpoint import MODEL_FILE
+from mtbert.checkpoint import META_FILE, MODEL_FILE
 from mtbert.config import Config
 from mtbert.errors import UserError
 from mtbert.evaluate import (
@@ -31,8 +32,8 @@ from mtbert.evaluate import (
 )
 from mtbert.fileio import atomic_write_text, sha256_file
 from mtbert.model.multitask import MultitaskBert
-from mtbert.model.trained import load_trained
-from mtbert.pipeline import tracking
+from mtbert.model.trained import describe, load_trained, settings_for_model
+from mtbert.pipeline import model_card, tracking
 from mtbert.pipeline.project import (
     apply_threads,
     dev_frame,
@@ -44,6 +45,18 @@ from mtbert.pipeline.project import (
 from mtbert.plots import confusion_png, scatter_png
 
 EVALUATED_FILE = "evaluated_model.json"  # the sha256 of the weights the metrics were measured on
+
+
+def trained_settings(cfg: Config, explicit: Collection[str]) -> tuple[Config, str]:
+    """The config `mtbert evaluate` runs with, and the line that says so.
+
+    What the model in `train.out_dir` was trained and measured with (its profile, dev sizes,
+    max_length, ...: `mtbert.model.trained.TRAINED_KEYS`) comes from its saved config, not from
+    params.yaml, unless set on the command line (`explicit`, dotted keys); runtime settings
+    (threads, device, paths, batch size) are `cfg`'s.
+    """
+    settings = settings_for_model(cfg, cfg.train.out_dir, explicit)
+    return settings.cfg, describe(settings, "evaluate", dev_sizes=True)
 
 
 def evaluate_model(cfg: Config, progress: ProgressStart | None = None) -> dict[str, float]:
@@ -71,7 +84,7 @@ def _evaluate_model(cfg: Config, progress: ProgressStart | None = None) -> dict[
     per_task: dict[str, dict[str, float]] = {}
     for task, frame in frames.items():
         data = tokenize_frame(tokenizer, frame, task, trained_cfg.model.pair_encoding,
-                              trained_cfg.model.max_length)
+                              cfg.model.max_length)
         pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision, on_batch=hook)
         write_course_predictions(out / "predictions" / f"{task}-dev-output.csv", frame["id"], pred)
         gold = frame["label"].to_numpy()
@@ -88,6 +101,15 @@ def _evaluate_model(cfg: Config, progress: ProgressStart | None = None) -> dict[
     atomic_write_text(out / EVALUATED_FILE, json.dumps(
         {"model_sha256": sha256_file(Path(cfg.train.out_dir) / MODEL_FILE)}))
     return metrics
+
+
+def trained_step(model_dir: str | Path) -> int:
+    """The training step the model in `model_dir` was saved at (0 if its metadata lacks it)."""
+    try:
+        meta = json.loads((Path(model_dir) / META_FILE).read_text())
+        return int(meta["train_state"]["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def read_evaluated(eval_dir: str | Path) -> str | None:
@@ -135,7 +157,7 @@ def _predict_test(cfg: Config, trained_cfg: Config, model: MultitaskBert, tokeni
         return
     frame = pd.read_parquet(path)
     data = tokenize_frame(tokenizer, frame, task, trained_cfg.model.pair_encoding,
-                          trained_cfg.model.max_length)
+                          cfg.model.max_length)
     pred = predict(model, data, cfg.eval.batch_size, cfg.train.precision, on_batch=hook)
     write_course_predictions(out / "predictions" / f"{task}-test-output.csv", frame["id"], pred)
 
@@ -145,9 +167,13 @@ def run(cfg: Config, run_id: str | None = None, progress: ProgressStart | None =
     """The evaluate stage: `evaluate_model`, its metrics and outputs logged to the model's training
     run (`run_id`, default: the run recorded in `train.out_dir`)."""
     metrics = evaluate_model(cfg, progress=progress)
+    # The model folder's card with these metrics (the folder is the train stage's output: not there).
+    model_card.write_eval_card(cfg.train.out_dir, cfg.eval.out_dir, metrics, cfg.eval.metrics_file)
     with tracking.tracked_run(cfg, "evaluate", fallback=unsent_path(cfg),
                               run_id=run_id or tracking.load_run_id(cfg.train.out_dir)) as tracked:
-        tracked.log_metrics(metrics)
+        # At the last training step, after the dev curves' points there (scored on fewer rows):
+        # MLflow's runs table shows a metric's value at its highest step, the latest one on a tie.
+        tracked.log_metrics(metrics, trained_step(cfg.train.out_dir))
         out = Path(cfg.eval.out_dir)
         tracked.log_artifacts([out], "eval")
     return metrics

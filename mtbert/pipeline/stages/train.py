@@ -39,18 +39,21 @@ from mtbert.checkpoint import (
 )
 from mtbert.config import Config, flatten, to_dict
 from mtbert.curves import CURVES_FILE, CURVES_PNG, CurveRecorder, read_rows, write_curves
+from mtbert.data import read_prepared
 from mtbert.distill import with_targets
 from mtbert.distributed import SINGLE, Dist, RankLost, process_group
 from mtbert.errors import Interrupted, UserError
 from mtbert.fileio import sha256_file
+from mtbert.model.export_hf import ENCODER_DIR, save_hf_encoder
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.model.multitask import build_multitask
 from mtbert.optim import build_optimizer, lr_scale_fn
-from mtbert.pipeline import tracking
+from mtbert.pipeline import model_card, tracking
 from mtbert.pipeline.project import (
     apply_threads,
     checkpoint_dir,
     model_lock,
+    prepared_path,
     resolve_device,
     read_teacher_outputs,
     seed_everything,
@@ -58,7 +61,7 @@ from mtbert.pipeline.project import (
     unsent_path,
 )
 from mtbert.smart import BregmanTeacher
-from mtbert.train import fit, make_teacher
+from mtbert.train import DevScorer, fit, make_teacher
 
 log = logging.getLogger("mtbert")
 
@@ -117,7 +120,8 @@ class TrainProgress(Callback):
 # keys (threads, device, checkpoint interval, output folder, and the eval/register/tune/data-path
 # sections) are runtime settings: a checkpoint written under other values of them is resumed.
 RESULT_KEYS = ("seed", "model.", "train.", "data.train_source", "data.train_size.", "data.resample_to.")
-RUNTIME_KEYS = frozenset({"train.threads", "train.device", "train.checkpoint_every", "train.out_dir"})
+RUNTIME_KEYS = frozenset({"train.threads", "train.device", "train.checkpoint_every", "train.out_dir",
+                          "train.eval_every", "train.eval_rows"})
 FINGERPRINT_KEY = "fingerprint"
 
 
@@ -344,11 +348,32 @@ def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback], dist:
         meet = [sync] if dist.enabled else []
         with stop.installed():
             state = fit(model, data, optimizer, cfg.train, cfg.seed, state,
-                        [*hooks, *meet, *callbacks, stop], teacher, dist)
+                        [*hooks, *meet, *callbacks, stop], teacher, dist,
+                        dev_scorer(cfg, tokenizer) if dist.is_main else None)
         if curves is not None:
             _save_trained(cfg, (model, tokenizer), state, curves, ema)
         sync.meet()  # the other ranks exit only once the model is written
     return state
+
+
+def dev_scorer(cfg: Config, tokenizer: Any) -> DevScorer | None:
+    """The dev curves' scorer: the first `train.eval_rows` rows of each trained task's dev split
+    (whole split, not `data.dev_size`: the curves must not depend on the evaluate stage's settings);
+    None when `train.eval_rows` is 0 or no dev split is prepared."""
+    paths = {task: prepared_path(cfg, task, "dev") for task in cfg.train.tasks}
+    frames = {task: read_prepared(path).head(cfg.train.eval_rows)
+              for task, path in paths.items() if cfg.train.eval_rows and path.exists()}
+    if not frames:
+        return None
+    return DevScorer(tokenize_tasks(cfg, tokenizer, frames), cfg.train.batch_size, cfg.train.precision)
+
+
+def prepared_inputs(cfg: Config) -> list[tuple[Path, str]]:
+    """The prepared tables a training run reads, with their MLflow input context: each trained
+    task's training rows (augmented, if `data.train_source` says so) and its dev rows."""
+    augmented = cfg.data.train_source == "augmented"
+    return ([(prepared_path(cfg, task, "train", augmented), "training") for task in cfg.train.tasks]
+            + [(prepared_path(cfg, task, "dev"), "validation") for task in cfg.train.tasks])
 
 
 def _file_callbacks(cfg: Config, dist: Dist, state: TrainState | None, current: dict[str, Any],
@@ -401,6 +426,9 @@ def _save_trained(cfg: Config, parts: tuple[torch.nn.Module, Any], state: TrainS
     meta = {"config": to_dict(cfg), "bert_config": dataclasses.asdict(model.encoder.config),
             "train_state": dataclasses.asdict(state)}
     save_model(cfg.train.out_dir, model, tokenizer, meta)
+    # The encoder again, for transformers' AutoModel and sentence-transformers (mtbert.model.export_hf).
+    save_hf_encoder(Path(cfg.train.out_dir) / ENCODER_DIR, model.encoder, tokenizer, cfg.model.pooling,
+                    cfg.model.max_length)
     write_curves(curves, cfg.train.out_dir)
     (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
     curves.path.unlink(missing_ok=True)
@@ -457,6 +485,7 @@ def _tracked_train(cfg: Config, resume: bool, callbacks: Sequence[Callback],
                    dist: Dist) -> tuple[TrainState, str]:
     start = time.monotonic()
     with tracking.tracked_run(cfg, "train", fallback=unsent_path(cfg)) as tracked:
+        tracked.log_datasets(prepared_inputs(cfg))
         state = train_model(cfg, resume=resume, callbacks=[*callbacks, tracked.callback], dist=dist)
         out = Path(cfg.train.out_dir)
         # Written with the weights, never before: a failed or killed run cannot claim old weights.
@@ -464,5 +493,8 @@ def _tracked_train(cfg: Config, resume: bool, callbacks: Sequence[Callback],
         tracking.save_run_id(out, tracked.run_id, model_sha256=sha)
         tracked.set_tags({tracking.TRAINED_SHA_TAG: sha})
         tracked.log_artifacts([out / CURVES_FILE, out / CURVES_PNG], "curves")
-        tracked.log_metrics({"train/wall_s": time.monotonic() - start}, state.global_step)
+        wall_s = time.monotonic() - start
+        tracked.log_metrics({"train/wall_s": wall_s}, state.global_step)
+        model_card.write_card(out, {"git_commit": tracking.git_commit(), "data_md5": tracking.data_hash(),
+                                    "run_id": tracked.run_id, "wall_s": wall_s, "model_sha256": sha})
     return state, tracked.run_id
