@@ -35,6 +35,7 @@ SCHEDULES = ("linear", "constant", "cosine")
 ATTN_IMPLS = ("sdpa", "eager")
 ON_ERROR = ("fail", "skip")
 PRECISIONS = ("fp32", "bf16")
+QUANTIZATIONS = ("none", "int8")  # prediction on the CPU (mtbert.model.quantize)
 DEVICES = ("auto", "cpu", "cuda")
 TRAIN_SOURCES = ("raw", "augmented")
 DISTILL_SCHEDULES = ("linear", "constant")
@@ -231,6 +232,7 @@ class EvalConfig:
     out_dir: str = "artifacts/eval"
     metrics_file: str = "metrics.json"
     predict_test: bool = True
+    quantize: str = "none"  # none | int8: dynamic int8 linear layers for evaluate, predict, serve, the API
 
 
 @dataclass(frozen=True)
@@ -422,6 +424,7 @@ def validate(cfg: Config) -> Config:
         ("train.schedule", t.schedule, SCHEDULES),
         ("train.sts_loss", t.sts_loss, STS_LOSSES),
         ("train.precision", t.precision, PRECISIONS),
+        ("eval.quantize", cfg.eval.quantize, QUANTIZATIONS),
         ("train.device", t.device, DEVICES),
         ("data.on_error", d.on_error, ON_ERROR),
         ("data.train_source", d.train_source, TRAIN_SOURCES),

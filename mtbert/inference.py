@@ -161,13 +161,14 @@ class TrainedModel:
                 f"pair_encoding={m.pair_encoding!r}, device={str(self.device)!r})")
 
 
-def load_dir(model_dir: str | Path, device: str = "cpu") -> TrainedModel:
-    """The trained model in a folder the train stage wrote (`train.out_dir`), on `device`.
+def load_dir(model_dir: str | Path, device: str = "cpu", quantize: str = "none") -> TrainedModel:
+    """The trained model in a folder the train stage wrote (`train.out_dir`), on `device`
+    (`quantize="int8"`: dynamic int8 linear layers, CPU only).
 
     Raises:
         UserError: the folder, its weights or its metadata are missing or unreadable (named).
     """
-    model, tokenizer, cfg = load_trained(model_dir, device)
+    model, tokenizer, cfg = load_trained(model_dir, device, quantize)
     return TrainedModel(model, tokenizer, cfg)
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import quantize_dynamic
 
-QUANTIZATIONS = ("none", "int8")
+from mtbert.config import QUANTIZATIONS
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -17,10 +17,19 @@ from mtbert.errors import UserError, one_line
 from mtbert.model.bert import BertConfig
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.model.multitask import MultitaskBert, multitask_from_state
+from mtbert.model.quantize import apply_quantization
 
 
-def load_trained(model_dir: str | Path, device: str = "cpu") -> tuple[MultitaskBert, Any, Config]:
-    """The trained model (in eval mode, on `device`), its tokenizer and the config it was trained with."""
+def load_trained(model_dir: str | Path, device: str = "cpu",
+                 quantize: str = "none") -> tuple[MultitaskBert, Any, Config]:
+    """The trained model (in eval mode, on `device`), its tokenizer and the config it was trained with.
+
+    `quantize`: "int8" gives an inference-only copy with dynamic int8 linear layers (CPU only;
+    `mtbert.model.quantize`), "none" the weights as saved.
+    """
+    if quantize != "none" and str(device) != "cpu":
+        raise UserError(f"{quantize} runs on the CPU only, and the device is {device}",
+                        field="eval.quantize", fix="set eval.quantize=none or train.device=cpu")
     state, meta = read_model_files(model_dir)
     meta_path = Path(model_dir) / META_FILE
     try:
@@ -32,7 +41,7 @@ def load_trained(model_dir: str | Path, device: str = "cpu") -> tuple[MultitaskB
         reason = one_line(f"does not match the weights ({type(err).__name__}: {str(err)[:300]})")
         raise CheckpointError(reason, path=Path(model_dir) / MODEL_FILE,
                               fix="retrain the model with this version of mtbert") from None
-    return model.to(device).eval(), load_tokenizer(str(model_dir)), cfg
+    return apply_quantization(model.to(device).eval(), quantize), load_tokenizer(str(model_dir)), cfg
 
 
 # What a trained model remembers of how it was trained and measured: its training keys (the train

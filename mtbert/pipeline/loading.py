@@ -54,10 +54,10 @@ def download_model_dir(uri: str, dst: str | Path) -> Path:
     return folder
 
 
-def load(source: str | Path, device: str = "cpu") -> TrainedModel:
+def load(source: str | Path, device: str = "cpu", quantize: str = "none") -> TrainedModel:
     """A trained model from a local folder or an MLflow model URI (see the module docstring)."""
     if not is_mlflow_uri(source):
-        return load_dir(source, device)
+        return load_dir(source, device, quantize)
     # The weights are read into memory; the download is not needed afterwards.
     with tempfile.TemporaryDirectory(prefix="mtbert-load-") as tmp:
-        return load_dir(download_model_dir(str(source), tmp), device)
+        return load_dir(download_model_dir(str(source), tmp), device, quantize)

@@ -11,6 +11,7 @@ server turns into HTTP 400 with the reason in the body and no stack trace.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from mtbert.model.trained import load_trained
 from mtbert.pipeline.serving import PredictionInputError, predict_rows
 
 MODEL_DIR_KEY = "model_dir"
+# `mtbert serve` passes `eval.quantize` to the scoring server through this variable ("int8": the
+# served model predicts with dynamic int8 linear layers; unset or "none": as trained).
+QUANTIZE_ENV = "MTBERT_QUANTIZE"
 # The package's source folder, shipped with the logged model. Not `mtbert.__file__`: the package's
 # `__init__` (`mtbert.load`) is the library's front door, above this layer.
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -56,7 +60,8 @@ class MtbertPyfunc(mlflow.pyfunc.PythonModel):
     """Multitask BERT behind MLflow's pyfunc interface; holds no weights until `load_context`."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model, self.tokenizer, self.cfg = load_trained(context.artifacts[MODEL_DIR_KEY])
+        self.model, self.tokenizer, self.cfg = load_trained(
+            context.artifacts[MODEL_DIR_KEY], quantize=os.environ.get(QUANTIZE_ENV, "none"))
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -223,11 +223,13 @@ def write_csv_predictions(path: str | Path, ids: pd.Series, pred: TaskPrediction
 
 def predict_file(model_dir: str | Path, task: str, input_path: str | Path, output_path: str | Path,
                  batch_size: int = 64, progress: ProgressStart | None = None,
-                 output_format: str = "course", max_length: int | None = None) -> int:
+                 output_format: str = "course", max_length: int | None = None,
+                 quantize: str = "none") -> int:
     """Predict a CSV/TSV file (`read_input_file`) into `output_path`.
 
     `output_format` is "csv" (`write_csv_predictions`) or "course" (the course's `id \t
     Predicted_...` header and `id , value` rows). `max_length` defaults to the model's.
+    `quantize`: "int8" predicts with dynamic int8 linear layers (`mtbert.model.quantize`).
     `progress`, if given, is called with the number of rows once the file is read and returns the
     hook `predict` calls after each batch (see `mtbert.evaluate.RowHook`).
     """
@@ -240,7 +242,7 @@ def predict_file(model_dir: str | Path, task: str, input_path: str | Path, outpu
     frame = read_input_file(input_path, task)
     if frame.empty:
         raise UserError("has a header but no rows to predict", path=str(input_path))
-    model, tokenizer, cfg = load_trained(model_dir)
+    model, tokenizer, cfg = load_trained(model_dir, quantize=quantize)
     if task not in model.tasks:
         raise UserError(f"this model has no head for {task}; it was trained for "
                         f"{', '.join(model.tasks)}", path=str(model_dir), field="--task")

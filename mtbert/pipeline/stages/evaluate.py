@@ -74,7 +74,7 @@ def _evaluate_model(cfg: Config, progress: ProgressStart | None = None) -> dict[
     """
     apply_threads(cfg)
     device = resolve_device(cfg.train.device)
-    model, tokenizer, trained_cfg = load_trained(cfg.train.out_dir, str(device))
+    model, tokenizer, trained_cfg = load_trained(cfg.train.out_dir, str(device), cfg.eval.quantize)
     check_finite_weights(model, cfg.train.out_dir)
     # The tasks the model has heads for (a single-task model is scored on its task alone).
     frames = {task: dev_frame(cfg, task) for task in model.tasks}  # read once: counted, then scored

@@ -33,4 +33,5 @@ def run(cfg: Config, task: str, input_path: str | Path, output_path: str | Path,
     apply_threads(cfg)
     return serving.predict_file(model_dir or cfg.train.out_dir, task, input_path, output_path,
                                 batch_size=cfg.eval.batch_size, progress=progress,
-                                output_format=output_format, max_length=cfg.model.max_length)
+                                output_format=output_format, max_length=cfg.model.max_length,
+                                quantize=cfg.eval.quantize)

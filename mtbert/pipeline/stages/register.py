@@ -12,7 +12,7 @@ import pandas as pd
 from mtbert.checkpoint import MODEL_FILE
 from mtbert.config import Config
 from mtbert.fileio import sha256_file
-from mtbert.pipeline import measurement, registry, tracking
+from mtbert.pipeline import measurement, pyfunc, registry, tracking
 from mtbert.pipeline.stages import evaluate as evaluate_stage
 
 
@@ -76,4 +76,5 @@ def serve_command(cfg: Config, port: int) -> tuple[list[str], dict[str, str]]:
     if registry.current_champion(registry.connect(), cfg) is None:
         raise registry.RegistryError(f"{cfg.register.model_name!r} has no "
                                      f"@{cfg.register.champion_alias}; run `mtbert register` first")
-    return registry.serve_command(cfg, port), registry.serve_env()
+    env = {**registry.serve_env(), pyfunc.QUANTIZE_ENV: cfg.eval.quantize}
+    return registry.serve_command(cfg, port), env
