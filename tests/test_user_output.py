@@ -80,7 +80,8 @@ def test_dvc_plots_show_finds_the_learning_curve_and_the_eval_plots(trained_proj
     assert missing == {(f"artifacts/tune/{name}", "FileNotFoundError") for name in
                        ("history.csv", "optimization_history.png", "param_importances.png")}
     drawn = {name for name, plots in shown["data"].items() if plots}
-    assert drawn == {"training-loss", "artifacts/eval/sst-confusion.png", "artifacts/eval/sts-scatter.png"}
+    assert drawn == {"training-loss", "artifacts/model/curves.png", "artifacts/eval/sst-confusion.png",
+                     "artifacts/eval/sts-scatter.png"}
     values = shown["data"]["training-loss"][0]["content"]["data"]["values"]
     steps = len(pd.read_csv(root / "artifacts/model/curves-wide.csv"))
     assert sorted((v["field"], int(v["step"])) for v in values) == \

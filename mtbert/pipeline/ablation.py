@@ -280,7 +280,8 @@ def _run_or_load(ablation: AblationSet, variant: Variant, cfg: Config, keep_mode
     with tracking.tracked_run(cfg, f"{ablation.name}/{variant.folder()}", fallback=fallback,
                               nested=True, tags=tags) as tracked:
         measured = _train_and_evaluate(cfg, tracked)
-        tracked.log_metrics(measured)
+        # At the last step: the training's validation curve logged the same names up to it.
+        tracked.log_metrics(measured, int(measured["train_steps"]))
     row = _row(ablation, variant, cfg, measured)
     atomic_write_text(result_path, json.dumps({"row": row, "resolved_config": to_dict(cfg)}, indent=2))
     if not keep_models:

@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,7 +421,9 @@ class TrackedRun:
             datasets, contexts, tags = [], [], []
             for path, context in present:
                 sha = sha256_file(path)
-                source = resolve_dataset_source(str(path.resolve()))
+                with warnings.catch_warnings():  # MLflow registers its local-file source twice
+                    warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+                    source = resolve_dataset_source(str(path.resolve()))
                 datasets.append(MetaDataset(source, name=path.stem, digest=sha[:36]))
                 contexts.append(context)
                 tags.append({"sha256": sha, "rows": str(pq.read_metadata(path).num_rows)})

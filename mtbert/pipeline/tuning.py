@@ -190,13 +190,15 @@ class DevReporter(Callback):
 def _train_and_score(trial: optuna.Trial, cfg: Config, tracked: tracking.TrackedRun) -> float:
     try:
         reporter = DevReporter(trial, cfg, tracked.log_metrics)
-        train_model(cfg, resume=False, callbacks=[tracked.callback, reporter])
+        state = train_model(cfg, resume=False, callbacks=[tracked.callback, reporter])
         metrics = evaluate_model(cfg)
     finally:
         # The weights are not kept: the best parameters are retrained (`--overrides-file`).
         shutil.rmtree(cfg.train.out_dir, ignore_errors=True)
         shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
-    tracked.log_metrics(metrics)
+    # At the last training step: MLflow shows a metric's value at its highest step, and training
+    # logged the same names on a dev subset (its validation curve) up to that step.
+    tracked.log_metrics(metrics, state.global_step)
     return metrics["dev/overall"]
 
 

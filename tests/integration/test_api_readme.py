@@ -1,4 +1,5 @@
-"""Issue #15 on a really trained tiny model: README's Python API and curl snippets run as shown, the
+"""Issue #15 on a really trained tiny model: README's Python API snippet runs as shown (its curl
+snippet is run in test_serving.py, against the served champion), the
 API answers what `mtbert predict` writes, the encoder folder loads in transformers and
 sentence-transformers with our numbers, and the model card names its lineage and caveats."""
 
@@ -20,8 +21,6 @@ import mtbert
 from mtbert.pipeline import tracking
 from mtbert.pipeline.serving import read_input_file
 from tests.conftest import REPO_ROOT, run_cli
-from tests.integration.conftest import TrackedProject, mlflow_env
-from tests.integration.test_serving import Served, served  # noqa: F401 - the fixture, reused
 
 pytestmark = pytest.mark.integration
 DEV_FILES = {"sst": "ids-sst-dev.csv", "para": "quora-dev.csv", "sts": "sts-dev.csv"}
@@ -104,21 +103,3 @@ def test_model_card_names_lineage_and_caveats(trained_project: Path) -> None:
     eval_card = (trained_project / "artifacts" / "eval" / "model_card.md").read_text()
     assert f"| dev/sst/accuracy | `{metrics['dev/sst/accuracy']:.4f}` |" in eval_card
     assert "| dev/sst/accuracy |" not in card  # the model folder's card: metrics come later
-
-
-def test_readme_curl_example_against_mtbert_serve(served: Served,  # noqa: F811
-                                                  tracked_project: TrackedProject) -> None:
-    script = readme_block("curl").replace("http://127.0.0.1:5001", served.url)
-    assert script != readme_block("curl"), "the README's curl no longer names port 5001"
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    answer = pd.DataFrame(json.loads(proc.stdout)["predictions"])
-    assert list(answer["task"]) == ["sst", "sts"]
-    sent = json.loads(re.search(r"-d '(.*)'", script, re.S).group(1))["dataframe_split"]["data"]
-    # The registered champion through the API, as users load it, answers the same.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", mlflow_env(tracked_project.tracking_uri)["MLFLOW_TRACKING_URI"])
-        champion = mtbert.load(f"models:/{tracked_project.model_name}@champion")
-    assert champion.predict("sst", [sent[0][1]]).labels[0] == answer["prediction"][0]
-    np.testing.assert_allclose(champion.predict("sts", [sent[1][1]], [sent[1][2]]).labels,
-                               [answer["prediction"][1]], atol=1e-5)

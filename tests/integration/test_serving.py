@@ -7,6 +7,8 @@ get predictions equal to the trained model's, bad ones a 400 whose body gives th
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 import time
 import urllib.error
@@ -20,6 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+import mtbert
 from tests.integration.conftest import (
     TrackedProject,
     free_port,
@@ -29,6 +32,7 @@ from tests.integration.conftest import (
     stop_process_group,
     wait_http,
 )
+from tests.integration.test_api_readme import readme_block
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +147,23 @@ def test_malformed_json_gets_400(served: Served) -> None:
     status, body = post(served.url, None, raw=b"{not json")
     assert status == 400
     assert "valid JSON" in json.loads(body)["message"] and "Traceback" not in body
+
+
+def test_readme_curl_example_against_mtbert_serve(served: Served, tracked_project: TrackedProject) -> None:
+    """README's curl block, run with bash against the served champion; `mtbert.load` of that
+    champion answers the same. Here, not in test_api_readme.py: `served` registers the tracked
+    project's model, which must happen after the registry tests (they expect version 1)."""
+    script = readme_block("curl").replace("http://127.0.0.1:5001", served.url)
+    assert script != readme_block("curl"), "the README's curl no longer names port 5001"
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    answer = pd.DataFrame(json.loads(proc.stdout)["predictions"])
+    assert list(answer["task"]) == ["sst", "sts"]
+    sent = json.loads(re.search(r"-d '(.*)'", script, re.S).group(1))["dataframe_split"]["data"]
+    # The registered champion through the API, as users load it, answers the same.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_env(tracked_project.tracking_uri)["MLFLOW_TRACKING_URI"])
+        champion = mtbert.load(f"models:/{tracked_project.model_name}@champion")
+    assert champion.predict("sst", [sent[0][1]]).labels[0] == answer["prediction"][0]
+    np.testing.assert_allclose(champion.predict("sts", [sent[1][1]], [sent[1][2]]).labels,
+                               [answer["prediction"][1]], atol=1e-5)

@@ -211,8 +211,10 @@ def test_model_artifacts_are_in_the_bucket(shared: SharedRun, client) -> None:
     with pytest.raises(urllib.error.HTTPError) as anonymous:  # not public: clients need the proxy
         urllib.request.urlopen(f"{shared.s3.endpoint_url}/{shared.bucket}/{weights[0]}", timeout=10)
     assert anonymous.value.code == 403
+    local_files = [f.relative_to(model_dir).as_posix() for f in model_dir.rglob("*.safetensors")]
+    assert len(weights) == len(local_files), (sorted(weights), local_files)  # model + encoder/ (HF layout)
     for key in weights:
-        local = model_dir / Path(key).name
+        local = model_dir / max((f for f in local_files if key.endswith("/" + f)), key=len)
         body = s3.get_object(Bucket=shared.bucket, Key=key)["Body"].read()
         assert hashlib.sha256(body).hexdigest() == hashlib.sha256(local.read_bytes()).hexdigest(), key
     # The run's own artifacts (the evaluation files `mtbert evaluate` logs) went the same way.

@@ -10,6 +10,7 @@ worker's trial, which do not care how big the model's data is.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def _create_with_cli(project: Path, postgres: Postgres, options: list[str],
                      env: dict[str, str]) -> optuna.Study:
     """`mtbert tune --create-only`: the tables, the study (no trial) and its MLflow parent run."""
     created = run_mtbert(["-q", "tune", "--create-only", *options], project, env)
-    assert "study 'shared' created in postgresql+psycopg://" in created.stdout
+    assert re.search(r"study 'shared' \(profile=[^)]*\) created in postgresql\+psycopg://", created.stdout), created.stdout
     assert "mtbert tune --worker" in created.stdout
     study = tuning.open_study(load_config(project / "params.yaml", options), must_exist=True)
     assert study.trials == [] and tuning.PARENT_RUN_ATTR in study.user_attrs
