@@ -204,6 +204,15 @@ def write_result(path: Path, name: str, payload: dict[str, Any], start: dict[str
     return path
 
 
+def project_env(threads: int) -> dict[str, str]:
+    """The environment of `mtbert` commands a benchmark runs in a project folder: offline, MLflow
+    into a local SQLite store in that folder, `threads` OpenMP threads."""
+    env = dict(os.environ, **OFFLINE_ENV)
+    env["MLFLOW_TRACKING_URI"] = "sqlite:///mlflow.db"
+    env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def course_sequences(tokenizer: Any, data_dir: Path, max_length: int,
                      tasks: Sequence[str] = ("sst", "para", "sts"),
                      limit: int | None = None) -> list[tuple[list[int], list[int]]]:

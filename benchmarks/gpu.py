@@ -290,17 +290,10 @@ def prepare_project(root: Path, data_dir: Path, threads: int) -> Path:
     """The course data imported and prepared once, in `root`."""
     root.mkdir(parents=True)
     shutil.copy(_common.REPO / "params.yaml", root / "params.yaml")
-    env = project_env(threads)
+    env = _common.project_env(threads)
     _mtbert(root, ["import-data", "--source", str(data_dir)], env)
     _mtbert(root, ["prepare"], env)
     return root
-
-
-def project_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ, **_common.OFFLINE_ENV)
-    env["MLFLOW_TRACKING_URI"] = "sqlite:///mlflow.db"  # a local store in each project folder
-    env["OMP_NUM_THREADS"] = str(threads)
-    return env
 
 
 def quick_profile(tmp: Path, prepared: Path, ckpt: str, device: str, args: Any) -> dict[str, Any]:
@@ -315,7 +308,7 @@ def quick_profile(tmp: Path, prepared: Path, ckpt: str, device: str, args: Any) 
         root = _project(tmp / name, prepared)
         opts = [f"profile={profile}", f"model.checkpoint={ckpt}", f"train.device={dev}", f"train.precision={precision}",
                 f"train.threads={threads}"]
-        env = project_env(threads)
+        env = _common.project_env(threads)
         train_s = _mtbert(root, ["train", *opts], env)
         eval_s = _mtbert(root, ["evaluate", *opts], env)
         metrics = json.loads((root / "artifacts/eval/metrics.json").read_text())
@@ -342,7 +335,7 @@ def torchrun_run(tmp: Path, prepared: Path, ckpt: str, device: str, args: Any) -
     root = _project(tmp / "torchrun", prepared)
     opts = ["profile=tiny", f"model.checkpoint={ckpt}", f"train.device={device}", f"train.threads={args.threads}",
             "train.precision=bf16"]
-    wall = _mtbert(root, ["train", *opts], project_env(args.threads), runner=runner)
+    wall = _mtbert(root, ["train", *opts], _common.project_env(args.threads), runner=runner)
     trained = (root / "artifacts/model/model.safetensors").exists()
     backend = {"cpu": "gloo", "cuda": "nccl"}[device]
     print(f"torchrun world size 1 ({backend}): {wall:.0f} s, model saved: {trained}", flush=True)

@@ -14,7 +14,6 @@ Each command runs under a small Python wrapper that waits for it and reads
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -60,19 +59,12 @@ def make_project(root: Path, data_dir: Path, profile: str, prepared: Path | None
             shutil.copytree(prepared / name, root / name, dirs_exist_ok=True)
     text = (_common.REPO / "params.yaml").read_text().replace("profile: quick", f"profile: {profile}", 1)
     (root / "params.yaml").write_text(text)
-    env = child_env(1)
+    env = _common.project_env(1)
     steps = [] if prepared is not None else [["import-data", "--source", str(data_dir)], ["prepare"]]
     for args in steps:
         subprocess.run([sys.executable, "-m", "mtbert.cli", "-q", *args], cwd=root, env=env,
                        check=True, capture_output=True, timeout=600)
     return root
-
-
-def child_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ, **_common.OFFLINE_ENV)
-    env["MLFLOW_TRACKING_URI"] = "sqlite:///mlflow.db"  # a local store in the project folder
-    env["OMP_NUM_THREADS"] = str(threads)
-    return env
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -87,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data_dir = (args.data_dir or _common.default_data_dir()).resolve()
     profile = "tiny" if args.smoke else "quick"
     rows = 24 if args.smoke else args.sst_rows
-    env = child_env(args.threads)
+    env = _common.project_env(args.threads)
     with tempfile.TemporaryDirectory(prefix="mtbert-memory-") as tmp:
         root = make_project(Path(tmp), data_dir, profile, args.prepared_project)
         ckpt = _common.checkpoint(args.smoke)
