@@ -44,14 +44,17 @@ def load_trained(model_dir: str | Path, device: str = "cpu",
     return apply_quantization(model.to(device).eval(), quantize), load_tokenizer(str(model_dir)), cfg
 
 
-# What a trained model remembers of how it was trained and measured: its training keys (the train
-# stage's RESULT_KEYS less RUNTIME_KEYS; tests/unit/test_trained_config.py keeps them equal) and
-# the measuring keys of its profile. evaluate and predict take these from the model's saved config,
-# not from params.yaml; everything else (threads, device, paths, batch sizes) is the current run's.
-TRAINED_KEYS = ("profile", "seed", "model.", "train.", "data.train_source", "data.train_size.",
-                "data.resample_to.", "data.dev_size.", "eval.predict_test")
+# What determines a training run's result: these config keys, and the rows it trains on. Other
+# keys (threads, device, checkpoint interval, output folder, in-training scoring, and the
+# eval/register/tune/data-path sections) are runtime settings: a checkpoint written under other
+# values of them is resumed (the train stage's fingerprint), and a command may change them.
+RESULT_KEYS = ("seed", "model.", "train.", "data.train_source", "data.train_size.", "data.resample_to.")
 RUNTIME_KEYS = frozenset({"train.threads", "train.device", "train.checkpoint_every", "train.out_dir",
                           "train.eval_every", "train.eval_rows"})
+# What a trained model remembers of how it was trained and measured: its training keys and the
+# measuring keys of its profile. evaluate and predict take these from the model's saved config,
+# not from params.yaml; everything else (threads, device, paths, batch sizes) is the current run's.
+TRAINED_KEYS = ("profile", *RESULT_KEYS, "data.dev_size.", "eval.predict_test")
 # The model's architecture: the weights are built for it, so no override can change it.
 FIXED_KEYS = ("model.", "train.tasks")
 CHANGEABLE_KEYS = frozenset({"model.max_length", "model.attn_impl", "model.unpad"})

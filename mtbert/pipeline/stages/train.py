@@ -47,6 +47,7 @@ from mtbert.fileio import sha256_file
 from mtbert.model.export_hf import ENCODER_DIR, save_hf_encoder
 from mtbert.model.load_hf import load_tokenizer
 from mtbert.model.multitask import build_multitask
+from mtbert.model.trained import RESULT_KEYS, RUNTIME_KEYS  # what a checkpoint's fingerprint covers
 from mtbert.optim import build_optimizer, lr_scale_fn
 from mtbert.pipeline import model_card, tracking
 from mtbert.pipeline.project import (
@@ -116,12 +117,6 @@ class TrainProgress(Callback):
             self.bar.close()
 
 
-# What determines a training run's result: these config keys, and the rows it trains on. Other
-# keys (threads, device, checkpoint interval, output folder, and the eval/register/tune/data-path
-# sections) are runtime settings: a checkpoint written under other values of them is resumed.
-RESULT_KEYS = ("seed", "model.", "train.", "data.train_source", "data.train_size.", "data.resample_to.")
-RUNTIME_KEYS = frozenset({"train.threads", "train.device", "train.checkpoint_every", "train.out_dir",
-                          "train.eval_every", "train.eval_rows"})
 FINGERPRINT_KEY = "fingerprint"
 
 
