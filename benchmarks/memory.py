@@ -1,14 +1,20 @@
 """Memory benchmark: peak resident memory (RSS) of training runs, each in its own process.
 
-1. The goal run: ``mtbert train`` (the real CLI, MLflow tracking into a local SQLite file) on
-   the quick profile in a fresh project folder (course data imported and prepared first). Goal:
-   peak RSS <= 3 GB.
+1. The goal runs: ``mtbert train`` (the real CLI, MLflow tracking into a local SQLite file) on the
+   quick profile (``--profile full``: the full one) in a fresh project folder, twice: keeping
+   what malloc and oneDNN keep (``train.release_memory_mb=0``, the previous state) and with the
+   default release of freed memory (``mtbert.allocator``). Goal: the default run's peak <= 3 GB. The
+   ratio is the previous state's peak over ours; the wall times of both say what it costs.
 2. Ours vs peer on the same single-task workload: the two training loops of
    ``benchmarks/trainer.py`` (mtbert's fit vs the plain HF loop) on a sample of SST examples.
+3. ``--breakdown``: the train stage run in-process by ``benchmarks/memprobe.py`` under both
+   allocator settings, its resident memory read around each part (imports, data, model,
+   optimizer, every step, dev scoring, checkpoints, saving) and after ``malloc_trim``.
 
-Each command runs under a small Python wrapper that waits for it and reads
+Each command of 1 and 2 runs under a small Python wrapper that waits for it and reads
 ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``: the peak RSS of that one child. Run:
-``python benchmarks/memory.py`` (about 5 minutes).
+``python benchmarks/memory.py`` (about 10 minutes; ``--profile full --breakdown``: about 2 hours
+on 2 cores).
 """
 
 from __future__ import annotations
@@ -67,8 +73,16 @@ def make_project(root: Path, data_dir: Path, profile: str, prepared: Path | None
     return root
 
 
+ALLOCATOR = {"malloc_default": "train.release_memory_mb=0", "ours": "train.release_memory_mb=512"}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = _common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=["quick", "full"], default="quick",
+                        help="the profile of the goal runs (default quick)")
+    parser.add_argument("--precision", default="auto", help="train.precision of the goal runs")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also run benchmarks/memprobe.py under both allocator settings")
     parser.add_argument("--sst-rows", type=int, default=1600,
                         help="SST examples for the ours-vs-peer single-task runs")
     parser.add_argument("--prepared-project", type=Path, default=None,
@@ -77,43 +91,84 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = _common.cpu_snapshot()
     _common.setup(args.threads)
     data_dir = (args.data_dir or _common.default_data_dir()).resolve()
-    profile = "tiny" if args.smoke else "quick"
+    profile = "tiny" if args.smoke else args.profile
     rows = 24 if args.smoke else args.sst_rows
     env = _common.project_env(args.threads)
+    ckpt = _common.checkpoint(args.smoke)
+    common = [f"train.threads={args.threads}", f"model.checkpoint={ckpt}", f"train.precision={args.precision}"]
+    goal_runs, breakdown = {}, {}
     with tempfile.TemporaryDirectory(prefix="mtbert-memory-") as tmp:
         root = make_project(Path(tmp), data_dir, profile, args.prepared_project)
-        ckpt = _common.checkpoint(args.smoke)
-        cli = [sys.executable, "-m", "mtbert.cli", "-q", "train", f"train.threads={args.threads}",
-               f"model.checkpoint={ckpt}"]
-        goal_run = peak_rss(cli, root, env)
-        print(f"mtbert train ({profile}): peak {goal_run['peak_mb']:.0f} MB in {goal_run['wall_s']:.0f} s",
-              flush=True)
+        for name, setting in ALLOCATOR.items():
+            cli = [sys.executable, "-m", "mtbert.cli", "-q", "train", "--no-resume", *common, setting,
+                   f"train.out_dir=artifacts/model-{name}"]
+            goal_runs[name] = peak_rss(cli, root, env)
+            print(f"mtbert train ({profile}, {setting}): peak {goal_runs[name]['peak_mb']:.0f} MB "
+                  f"in {goal_runs[name]['wall_s']:.0f} s", flush=True)
+        if args.breakdown:
+            for name, setting in ALLOCATOR.items():
+                breakdown[name] = probe(root, env, [*common, setting, f"train.out_dir=artifacts/probe-{name}"])
+                print(f"breakdown ({setting}): peak {breakdown[name]['peak_mb']:.0f} MB, resident after "
+                      f"the run {breakdown[name]['end_rss_mb']:.0f} MB, after malloc_trim "
+                      f"{breakdown[name]['rss_after_trim_mb']:.0f} MB", flush=True)
         loops = {}
         for side in ("ours", "peer"):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--rows", str(rows),
                    "--threads", str(args.threads), "--data-dir", str(data_dir), "--checkpoint", ckpt]
             loops[side] = peak_rss(cmd, root, env)
             print(f"{side} single-task loop: peak {loops[side]['peak_mb']:.0f} MB", flush=True)
-    payload = summarize(goal_run, loops, profile, rows, args.threads)
+    payload = summarize(goal_runs, loops, profile, rows, args.threads, args.precision)
+    if breakdown:
+        payload["breakdown"] = breakdown
     path = _common.write_result(_common.result_path(NAME, args.out, args.smoke), NAME, payload, start)
     print(f"wrote {path}")
     return payload
 
 
-def summarize(goal_run: dict, loops: dict, profile: str, rows: int, threads: int) -> dict[str, Any]:
+def probe(root: Path, env: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """benchmarks/memprobe.py in its own process; its parts and a summary of its steps."""
+    out = root / "probe.json"
+    subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "memprobe.py"), str(root),
+                    str(out), *overrides], cwd=root, env=env, check=True, capture_output=True,
+                   timeout=7200)
+    record = json.loads(out.read_text())
+    steps = record.pop("steps")
+    first, widest = steps[0], max(steps, key=lambda s: s["peak_mb"])
+    record["steps"] = {
+        "count": len(steps),
+        "first": first,
+        "highest_peak": widest,
+        "resident_between_steps_mb": {"after_first": first["rss_after_mb"],
+                                      "after_last": steps[-1]["rss_after_mb"],
+                                      "max": max(s["rss_after_mb"] for s in steps)},
+        "max_step_growth_mb": max(s["peak_mb"] - s["rss_before_mb"] for s in steps[1:] or steps),
+    }
+    record["peak_mb"] = max([p["peak_mb"] for p in record["parts"]] + [widest["peak_mb"]])
+    return record
+
+
+def summarize(goal_runs: dict, loops: dict, profile: str, rows: int, threads: int,
+              precision: str) -> dict[str, Any]:
+    ours, before = goal_runs["ours"]["peak_mb"], goal_runs["malloc_default"]["peak_mb"]
     return {
         "unit": "MB peak RSS (lower is better)",
-        "ours": loops["ours"]["peak_mb"], "peer": loops["peer"]["peak_mb"],
-        "ratio": loops["peer"]["peak_mb"] / loops["ours"]["peak_mb"],
-        "mtbert_train_peak_mb": goal_run["peak_mb"],
+        "ours": ours, "peer": before, "ratio": before / ours,
+        "mtbert_train_peak_mb": ours,
+        "wall_ratio_ours_vs_malloc_default": goal_runs["ours"]["wall_s"] / goal_runs["malloc_default"]["wall_s"],
         "goal": f"mtbert train ({profile} profile) peak RSS <= {GOAL_MB} MB",
-        "goal_met": goal_run["peak_mb"] <= GOAL_MB,
-        "setup": {"goal_run": f"mtbert train, {profile} profile, fresh project, MLflow into local SQLite",
-                  "ours_vs_peer": f"benchmarks/trainer.py loops (fit vs HF loop), {rows} SST "
-                                  f"examples, one epoch, no evaluation",
+        "goal_met": ours <= GOAL_MB,
+        "loops": {"ours": loops["ours"]["peak_mb"], "peer": loops["peer"]["peak_mb"],
+                  "ratio": loops["peer"]["peak_mb"] / loops["ours"]["peak_mb"]},
+        "setup": {"goal_runs": f"mtbert train --no-resume, {profile} profile, train.precision={precision}, "
+                               f"fresh project, MLflow into local SQLite; peer: the same with "
+                               f"{ALLOCATOR['malloc_default']} (freed memory kept by malloc and oneDNN, "
+                               f"the previous state), ours: {ALLOCATOR['ours']} (the default)",
+                  "loops": f"benchmarks/trainer.py loops (fit vs HF loop), {rows} SST examples, one "
+                           f"epoch, no evaluation",
                   "threads": threads,
                   "method": "wrapper process per command; resource.getrusage(RUSAGE_CHILDREN).ru_maxrss"},
-        "runs": {"mtbert_train": goal_run, **loops},
+        "runs": {**{f"mtbert_train_{k}": v for k, v in goal_runs.items()},
+                 **{f"loop_{k}": v for k, v in loops.items()}},
     }
 
 

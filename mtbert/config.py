@@ -34,7 +34,7 @@ OPTIMIZERS = ("mtbert", "torch")
 SCHEDULES = ("linear", "constant", "cosine")
 ATTN_IMPLS = ("sdpa", "eager")
 ON_ERROR = ("fail", "skip")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device has bf16 units (mtbert.precision)
 QUANTIZATIONS = ("none", "int8")  # prediction on the CPU (mtbert.model.quantize)
 DEVICES = ("auto", "cpu", "cuda")
 TRAIN_SOURCES = ("raw", "augmented")
@@ -196,8 +196,9 @@ class TrainConfig:
     smart: SmartConfig = field(default_factory=SmartConfig)
     grad_clip: float = 1.0
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # params.yaml sets auto (bf16 where the hardware has bf16 units)
     threads: int = 0
+    release_memory_mb: int = 512  # return freed memory to the OS after this much growth (0: never; mtbert.allocator)
     checkpoint_every: int = 200
     out_dir: str = "artifacts/model"
     init_from: str | None = None
@@ -479,7 +480,8 @@ def _validate_non_negative(cfg: Config) -> None:
     t = cfg.train
     checks = [("train.checkpoint_every", t.checkpoint_every), ("train.max_tokens", t.max_tokens),
               ("train.eval_every", t.eval_every), ("train.eval_rows", t.eval_rows),
-              ("train.threads", t.threads), ("train.grad_clip", t.grad_clip),
+              ("train.threads", t.threads), ("train.release_memory_mb", t.release_memory_mb),
+              ("train.grad_clip", t.grad_clip),
               ("train.smart.bregman_weight", t.smart.bregman_weight),
               ("augment.eda_copies", cfg.augment.eda_copies)]
     for path, value in checks:

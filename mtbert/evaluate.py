@@ -14,6 +14,7 @@ from mtbert.batching import TokenizedTask, collate, make_batches
 from mtbert.fileio import atomic_write_text
 from mtbert.metrics import accuracy, confusion_matrix, overall_score, pearson, spearman
 from mtbert.model.multitask import MultitaskBert
+from mtbert.precision import resolve_precision
 
 # A progress hook: called after each batch with the number of rows that batch held, so the
 # calls of one run sum to its row count. Edges turn it into a progress bar; the core never prints.
@@ -58,7 +59,8 @@ def raw_outputs(model: MultitaskBert, data: TokenizedTask, batch_size: int,
     order = sorted(range(len(lengths)), key=lengths.__getitem__)  # similar lengths -> little padding
     batches = make_batches([lengths[i] for i in order], batch_size, shuffle=False, bucket=False)
     outputs = np.zeros((len(lengths), 5 if data.task == "sst" else 1), dtype=np.float32)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    bf16 = resolve_precision(precision, device, inference=True) == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     for batch_pos in batches:
         rows = [order[i] for i in batch_pos]
         batch = collate(data, rows).to(device)

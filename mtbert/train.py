@@ -10,6 +10,7 @@ torchrun job (`fit(..., dist=...)`), each rank trains on its slice of every batc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from mtbert.losses import STS_MAX_SCORE, task_loss
 from mtbert.model.multitask import MultitaskBert
 from mtbert.optim import lr_at
 from mtbert.pcgrad import assign_flat_grad, flat_grads, pcgrad
+from mtbert.precision import resolve_precision
 from mtbert.samplers import build_schedule
 from mtbert.smart import BregmanTeacher, bregman_divergence, smart_adversarial_loss
 from mtbert.tasks import TASKS
@@ -399,6 +401,7 @@ def fit(model: MultitaskBert, data: dict[str, TokenizedTask], optimizer: torch.o
     """
     _check_data(data, cfg)
     device = next(model.parameters()).device
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))  # auto: here
     teacher = _teacher_for(model, cfg, state, teacher)
     state = state or TrainState(total_steps=total_steps(data, cfg, seed))
     warmup = int(cfg.warmup_ratio * state.total_steps)

@@ -23,7 +23,7 @@ REQUIRED = ("ours", "peer", "unit", "ratio", "setup")
 # memory runs the real `mtbert train` CLI plus two training processes: about a minute.
 # gpu --smoke runs every section of the GPU proof on the CPU (tiny profile, torchrun with gloo).
 BENCHMARKS = ("encoder", "epoch", "trainer", "predict", pytest.param("memory", marks=pytest.mark.slow),
-              "gpu", "quantize")
+              "gpu", "quantize", "bf16")
 
 
 def _numbers(value: object) -> list[float]:
@@ -47,7 +47,7 @@ def _run(name: str, out: Path, data_dir: Path, *extra: str) -> dict:
 def test_benchmark_smoke_writes_complete_result(name: str, tmp_path: Path, data_dir: Path,
                                                 request: pytest.FixtureRequest) -> None:
     extra: list[str] = []
-    if name in ("memory", "gpu"):  # reuse the session's prepared tiny project instead of preparing again
+    if name in ("memory", "gpu", "bf16"):  # reuse the session's prepared tiny project instead of preparing again
         extra = ["--prepared-project", str(request.getfixturevalue("prepared_project"))]
     if name == "quantize":  # predicts with the session's tiny trained model
         extra = ["--project", str(request.getfixturevalue("trained_project"))]
@@ -67,6 +67,10 @@ def test_benchmark_smoke_writes_complete_result(name: str, tmp_path: Path, data_
         assert result["parity"]["ok"], result["parity"]
         assert set(result["quick_profile"]["runs"]) == {"cpu_bf16", "cpu_fp32"}
         assert result["torchrun"]["model_saved"] and result["torchrun"]["backend"] == "gloo"
+    if name == "bf16":
+        assert set(result["quick"]) >= {"fp32", "bf16", "metric_delta_bf16_minus_fp32"}
+    if name == "memory":
+        assert {"mtbert_train_ours", "mtbert_train_malloc_default"} <= set(result["runs"])
 
 
 def test_gpu_benchmark_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import random
 import socket
@@ -16,9 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtbert.config import Config
+from mtbert.config import Config, with_overrides
 from mtbert.data import read_prepared
 from mtbert.errors import UserError
+from mtbert.precision import resolve_precision
+
+log = logging.getLogger("mtbert")
 
 REPORT_FILE = "report.json"  # what prepare and augment write beside their tables
 UNSENT_FILE = "unsent_metrics.jsonl"  # metrics MLflow could not take; sent by the next tracked run
@@ -105,6 +109,17 @@ def resolve_device(name: str) -> torch.device:
         raise UserError("cuda requested but torch sees no CUDA device", field="train.device",
                         fix="use train.device=auto or cpu, or install a CUDA build of torch")
     return torch.device(name)
+
+
+def with_precision(cfg: Config, device: torch.device, *, inference: bool = False) -> Config:
+    """`cfg` with `train.precision` resolved for `device`: auto becomes bf16 where the device has
+    bf16 units, else fp32 (`mtbert.precision`); `inference`: scoring and prediction, which run in
+    fp32 where bf16 would be emulated. A trained model's config records what it trained in."""
+    resolved = resolve_precision(cfg.train.precision, device, inference=inference)
+    if cfg.train.precision == "auto" and not inference:
+        log.info("precision: %s (train.precision=auto: this %s %s bf16 units)", resolved,
+                 device.type, "has" if resolved == "bf16" else "lacks")
+    return cfg if resolved == cfg.train.precision else with_overrides(cfg, {"train.precision": resolved})
 
 
 @contextlib.contextmanager

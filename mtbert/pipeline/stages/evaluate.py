@@ -41,6 +41,7 @@ from mtbert.pipeline.project import (
     prepared_path,
     resolve_device,
     unsent_path,
+    with_precision,
 )
 from mtbert.plots import confusion_png, scatter_png
 
@@ -74,6 +75,7 @@ def _evaluate_model(cfg: Config, progress: ProgressStart | None = None) -> dict[
     """
     apply_threads(cfg)
     device = resolve_device(cfg.train.device)
+    cfg = with_precision(cfg, device, inference=True)
     model, tokenizer, trained_cfg = load_trained(cfg.train.out_dir, str(device), cfg.eval.quantize)
     check_finite_weights(model, cfg.train.out_dir)
     # The tasks the model has heads for (a single-task model is scored on its task alone).

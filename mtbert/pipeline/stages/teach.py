@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mtbert.batching import tokenize_frame
 from mtbert.checkpoint import MODEL_FILE
@@ -24,6 +25,7 @@ from mtbert.pipeline.project import (
     resolve_device,
     teacher_outputs_path,
     train_frames,
+    with_precision,
 )
 
 MANIFEST = "manifest.json"
@@ -50,6 +52,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if distill.enabled:
         apply_threads(cfg)
         device = str(resolve_device(cfg.train.device))
+        cfg = with_precision(cfg, torch.device(device), inference=True)
         for folder in distill.teachers:
             if not (Path(folder) / MODEL_FILE).exists():
                 raise UserError("not a trained mtbert model", path=folder,

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from mtbert.allocator import ReleaseFreedMemory, limit_onednn_cache
 from mtbert.averaging import WeightEma
 from mtbert.batching import TokenizedTask, tokenize_frame
 from mtbert.callbacks import Callback, FitContext, TrainState
@@ -55,16 +56,20 @@ from mtbert.pipeline.project import (
     checkpoint_dir,
     model_lock,
     prepared_path,
-    resolve_device,
     read_teacher_outputs,
+    resolve_device,
     seed_everything,
     train_frames,
     unsent_path,
+    with_precision,
 )
 from mtbert.smart import BregmanTeacher
 from mtbert.train import DevScorer, fit, make_teacher
 
 log = logging.getLogger("mtbert")
+# oneDNN's compiled primitives kept per process (its default, 1024, held about 300 MB of bucketed
+# batch shapes in a bf16 training; 16 measured no slower): mtbert.allocator.limit_onednn_cache
+ONEDNN_CACHE_CAPACITY = 16
 
 
 class CheckpointCallback(Callback):
@@ -325,6 +330,10 @@ def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback], dist:
     seed_everything(cfg.seed)
     apply_threads(cfg)
     device = torch.device(dist.device) if dist.enabled else resolve_device(cfg.train.device)
+    cfg = with_precision(cfg, device)  # auto -> bf16 or fp32 here; the model's config records which
+    memory = [ReleaseFreedMemory(cfg.train.release_memory_mb)] if cfg.train.release_memory_mb else []
+    if memory:
+        limit_onednn_cache(ONEDNN_CACHE_CAPACITY)
     tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
     frames = train_frames(cfg)
     data = with_teacher_targets(cfg, tokenize_tasks(cfg, tokenizer, frames), frames)
@@ -343,7 +352,7 @@ def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback], dist:
         meet = [sync] if dist.enabled else []
         with stop.installed():
             state = fit(model, data, optimizer, cfg.train, cfg.seed, state,
-                        [*hooks, *meet, *callbacks, stop], teacher, dist,
+                        [*hooks, *meet, *callbacks, *memory, stop], teacher, dist,
                         dev_scorer(cfg, tokenizer) if dist.is_main else None)
         if curves is not None:
             _save_trained(cfg, (model, tokenizer), state, curves, ema)
