@@ -23,6 +23,7 @@ from mtbert.pipeline.ablation import (
     write_tables,
 )
 from mtbert.config import ConfigError, Config, load_config, to_dict, with_overrides
+from mtbert.precision import cpu_has_bf16
 from tests.conftest import REPO_ROOT, run_cli
 
 
@@ -156,6 +157,18 @@ def test_stored_results_survive_new_options_only_at_their_defaults() -> None:
     assert same_config(stored, cfg)
     assert not same_config(stored, with_overrides(cfg, {"model.unpad": False}))
     assert not same_config(stored, with_overrides(cfg, {"train.lr": 1e-3}))
+    assert same_config(stored, with_overrides(cfg, {"train.threads": 2}))  # a runtime setting
+
+
+def test_a_configuration_records_the_precision_this_machine_trains_in(tmp_path: Path) -> None:
+    base = load_config(REPO_ROOT / "params.yaml", ["profile=tiny"])
+    assert base.train.precision == "auto"
+    cfg = variant_config(base, load_sets(write_yaml(
+        tmp_path, "sets: {a: {configs: [{name: x, overrides: []}]}}"))["a"].variants[0], tmp_path)
+    assert cfg.train.precision == ("bf16" if cpu_has_bf16() else "fp32")
+    stored = to_dict(cfg)
+    stored["train"]["precision"] = "fp32" if cfg.train.precision == "bf16" else "bf16"
+    assert not same_config(stored, cfg)  # a result made in the other precision is not reused
 
 
 def _predicted(root: Path, task_values: dict[str, list[float]]) -> str:

@@ -35,7 +35,8 @@ import yaml
 from mtbert.config import Config, ConfigError, flatten, parse_override, to_dict, with_overrides
 from mtbert.fileio import atomic_write_text
 from mtbert.pipeline import tracking
-from mtbert.pipeline.project import checkpoint_dir, dev_frame, unsent_path
+from mtbert.model.trained import RUNTIME_KEYS
+from mtbert.pipeline.project import checkpoint_dir, dev_frame, resolve_device, unsent_path, with_precision
 from mtbert.pipeline.stages.evaluate import evaluate_model
 from mtbert.pipeline.stages import teach
 from mtbert.pipeline.stages.pretrain_mlm import pretrain
@@ -159,7 +160,9 @@ def _parse_variant(where: str, entry: Any, seeds: tuple[int, ...] | None = None)
 
 
 def variant_config(base: Config, variant: Variant, set_dir: Path) -> Config:
-    """The resolved config of one configuration: base + overrides + its own output folders."""
+    """The resolved config of one configuration: base + overrides + its own output folders, and
+    `train.precision` as this machine runs it (auto -> bf16 or fp32), so a stored result made in
+    another precision is not taken for this one."""
     run_dir = set_dir / variant.folder()
     overrides: dict[str, Any] = dict(parse_override(o.replace(SET_DIR, str(set_dir)))
                                      for o in variant.overrides)
@@ -169,9 +172,10 @@ def variant_config(base: Config, variant: Variant, set_dir: Path) -> Config:
     if variant.seed is not None:
         overrides["seed"] = variant.seed
     try:
-        return with_overrides(base, overrides)
+        cfg = with_overrides(base, overrides)
     except ConfigError as err:
         raise ConfigError(f"configuration {variant.name!r}: {err}") from None
+    return with_precision(cfg, resolve_device(cfg.train.device), quiet=True)
 
 
 def check_profile(base: Config, ablation: AblationSet) -> None:
@@ -261,9 +265,12 @@ def same_config(stored: dict[str, Any], cfg: Config) -> bool:
     """Whether a stored resolved config is `cfg`, allowing for options added to the code since.
 
     A key the stored config lacks counts as equal only when `cfg` holds that option's default,
-    i.e. the run behaved as the new option's default does: results survive new options.
+    i.e. the run behaved as the new option's default does: results survive new options. Runtime
+    settings (threads, device, ...: `RUNTIME_KEYS`) do not change a result and are not compared.
     """
-    old, new, default = flatten(stored), flatten(to_dict(cfg)), flatten(to_dict(Config()))
+    old, new, default = (
+        {k: v for k, v in flatten(tree).items() if k not in RUNTIME_KEYS}
+        for tree in (stored, to_dict(cfg), to_dict(Config())))
     added = set(new) - set(old)
     return (set(old) <= set(new) and all(old[k] == new[k] for k in old)
             and all(k in default and new[k] == default[k] for k in added))

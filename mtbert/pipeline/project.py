@@ -111,12 +111,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def with_precision(cfg: Config, device: torch.device, *, inference: bool = False) -> Config:
+def with_precision(cfg: Config, device: torch.device, *, inference: bool = False,
+                   quiet: bool = False) -> Config:
     """`cfg` with `train.precision` resolved for `device`: auto becomes bf16 where the device has
     bf16 units, else fp32 (`mtbert.precision`); `inference`: scoring and prediction, which run in
-    fp32 where bf16 would be emulated. A trained model's config records what it trained in."""
+    fp32 where bf16 would be emulated. A trained model's config records what it trained in.
+    `quiet`: no line saying what auto became."""
     resolved = resolve_precision(cfg.train.precision, device, inference=inference)
-    if cfg.train.precision == "auto" and not inference:
+    if cfg.train.precision == "auto" and not (inference or quiet):
         log.info("precision: %s (train.precision=auto: this %s %s bf16 units)", resolved,
                  device.type, "has" if resolved == "bf16" else "lacks")
     return cfg if resolved == cfg.train.precision else with_overrides(cfg, {"train.precision": resolved})

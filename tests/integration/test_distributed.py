@@ -31,9 +31,11 @@ from tests.integration.conftest import free_port, mlflow_env
 
 pytestmark = pytest.mark.integration
 
-# train.threads=1: with other jobs on the 2 cores, the one process ran 2x slower on 2 threads
+# train.threads=1: with other jobs on the 2 cores, the one process ran 2x slower on 2 threads.
+# train.precision=fp32: the equivalence is of the arithmetic; in bf16 (auto, on a CPU with bf16
+# units) a half batch rounds differently from the whole one, beyond any tolerance worth stating.
 CONFIG = ["model.encoder_dropout=0.0", "model.head_dropout=0.0", "model.max_length=32",
-          "data.train_size={sst: 16, para: 16, sts: 16}", "train.threads=1"]
+          "data.train_size={sst: 16, para: 16, sts: 16}", "train.threads=1", "train.precision=fp32"]
 STEPS = 2  # per epoch: 16 rows / batches of 8, every task in each round-robin step
 TOLERANCE = 1e-5
 MODEL = Path("artifacts/model") / MODEL_FILE
