@@ -17,7 +17,6 @@ Run by ``python benchmarks/memory.py --breakdown``; by hand:
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
@@ -42,13 +41,6 @@ def status_mb() -> dict[str, float]:
 def reset_peak() -> None:
     """Set VmHWM to the current VmRSS (writing 5 to clear_refs resets the peak)."""
     Path("/proc/self/clear_refs").write_text("5")
-
-
-def malloc_trim() -> bool:
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 class Recorder:
@@ -89,6 +81,7 @@ def main(argv: list[str]) -> None:
     import torch  # noqa: F401
 
     from mtbert import train as core
+    from mtbert.allocator import malloc_trim
     from mtbert.config import load_config
     from mtbert.pipeline.stages import train as stage
 

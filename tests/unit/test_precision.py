@@ -12,11 +12,10 @@ import torch
 
 from mtbert import precision
 from mtbert.batching import TokenizedTask
-from mtbert.config import TrainConfig, load_config
+from mtbert.config import ModelConfig, TrainConfig, load_config
 from mtbert.evaluate import raw_outputs
 from mtbert.model.bert import BertModel
 from mtbert.model.multitask import MultitaskBert
-from mtbert.config import ModelConfig
 from mtbert.optim import build_optimizer
 from mtbert.pipeline.project import with_precision
 from mtbert.train import fit
