@@ -6,6 +6,7 @@ get predictions equal to the trained model's, bad ones a 400 whose body gives th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -53,27 +55,33 @@ class Served:
     startup_s: float
 
 
-@pytest.fixture(scope="module")
-def served(tracked_project: TrackedProject,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`mtbert serve --port N` for the project's champion (registered here if there is none yet)."""
-    p = tracked_project
+@contextlib.contextmanager
+def _serve(p: TrackedProject, log_dir: Path, overrides: tuple[str, ...] = ()) -> Iterator[Served]:
+    """`mtbert serve --port N [overrides]` for the project's champion (registered here if there is
+    none yet), stopped on exit."""
     env = mlflow_env(p.tracking_uri)
     client = MlflowClient(tracking_uri=p.tracking_uri, registry_uri=p.tracking_uri)
     if "champion" not in _aliases(client, p.model_name):
         run_mtbert(["-q", "register"], p.root, env)
     port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log_path = log_dir / "serve.log"
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "mtbert.cli", "-q", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "mtbert.cli", "-q", "serve", "--port", str(port), *overrides]
     proc = start_process_group(cmd, log_path, env, p.root)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc, log_path, SERVE_STARTUP_TIMEOUT_S)
         startup = time.monotonic() - start
-        print(f"mtbert serve answered /health after {startup:.1f} s")
+        print(f"mtbert serve {' '.join(overrides)} answered /health after {startup:.1f} s")
         yield Served(f"http://127.0.0.1:{port}", startup)
     finally:
         stop_process_group(proc)
+
+
+@pytest.fixture(scope="module")
+def served(tracked_project: TrackedProject,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with _serve(tracked_project, tmp_path_factory.mktemp("serve")) as server:
+        yield server
 
 
 def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
@@ -116,6 +124,27 @@ def test_valid_request_gets_the_trained_models_predictions(served: Served,
                          pd.DataFrame(GOOD_ROWS, columns=COLUMNS))
     np.testing.assert_allclose(out["prediction"], local["prediction"], atol=1e-5)
     np.testing.assert_allclose(out["score"], local["score"], atol=1e-5)
+
+
+def test_int8_serving_answers_with_the_quantized_model(tracked_project: TrackedProject,
+                                                      tmp_path: Path) -> None:
+    """`mtbert serve eval.quantize=int8`: the server predicts with dynamic int8 linear layers, i.e.
+    what `load_trained(quantize="int8")` predicts here, which is not what the fp32 model says."""
+    from mtbert.model.trained import load_trained
+    from mtbert.pipeline.serving import predict_rows
+
+    with _serve(tracked_project, tmp_path, ("eval.quantize=int8",)) as server:
+        status, body = post(server.url, split(GOOD_ROWS))
+    assert status == 200, body
+    out = pd.DataFrame(json.loads(body)["predictions"])
+    rows = pd.DataFrame(GOOD_ROWS, columns=COLUMNS)
+    local = {}
+    for quantize in ("int8", "none"):
+        model, tokenizer, cfg = load_trained(tracked_project.root / "artifacts" / "model", quantize=quantize)
+        local[quantize] = predict_rows(model, tokenizer, cfg.model.pair_encoding, cfg.model.max_length, rows)
+    np.testing.assert_allclose(out["score"], local["int8"]["score"], atol=1e-5)
+    # int8 weights move every score a little: equal to fp32's would mean nothing was quantized
+    assert np.abs(out["score"].to_numpy() - local["none"]["score"].to_numpy()).max() > 1e-4
 
 
 BAD_REQUESTS = {
