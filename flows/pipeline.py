@@ -51,6 +51,8 @@ from mtbert.pipeline.stages import augment as augment_stage
 from mtbert.pipeline.stages import evaluate as evaluate_stage
 from mtbert.pipeline.stages import prepare as prepare_stage
 from mtbert.pipeline.stages import register as register_stage
+from mtbert.pipeline.stages import teach as teach_stage
+from mtbert.pipeline.stages import teachers as teachers_stage
 from mtbert.pipeline.stages import train as train_stage
 from mtbert.pipeline.stages import tune as tune_stage
 
@@ -95,6 +97,18 @@ def augment(cfg: Config) -> dict[str, Any]:
     return augment_stage.run(cfg)
 
 
+@task(name="teachers", cache_policy=NO_CACHE)
+def train_teachers(cfg: Config) -> dict[str, Any]:
+    """The single-task teachers of `train.distill.teacher_seeds` (as `mtbert train-teachers`)."""
+    return teachers_stage.run(cfg)
+
+
+@task(name="teach", cache_policy=NO_CACHE)
+def teach(cfg: Config) -> dict[str, Any]:
+    """The teachers' outputs on the training rows (as `mtbert teach`)."""
+    return teach_stage.run(cfg)
+
+
 @task(name="tune", cache_policy=NO_CACHE)
 def tune_params(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the Optuna study; the best parameters as dotted overrides."""
@@ -132,7 +146,9 @@ def report(metrics: dict[str, float], registration: dict[str, Any], run_id: str)
 @flow(name="mtbert-pipeline")
 def mtbert_pipeline(params_path: str = "params.yaml", overrides: list[str] | None = None,
                     data_source: str | None = None, tune: bool = False) -> dict[str, Any] | State:
-    """preprocess -> augment -> [tune] -> train -> evaluate -> register -> report.
+    """preprocess -> augment -> [teachers -> teach] -> [tune] -> train -> evaluate -> register -> report.
+
+    The teachers and their outputs only with `train.distill.enabled`.
 
     Args:
         params_path: the parameters file.
@@ -157,6 +173,9 @@ def mtbert_pipeline(params_path: str = "params.yaml", overrides: list[str] | Non
 def _pipeline(cfg: Config, data_source: str | None, tune: bool) -> dict[str, Any]:
     preprocess(cfg, data_source)
     augment(cfg)
+    if cfg.train.distill.enabled:  # before tuning: its trials distil too
+        train_teachers(cfg)
+        teach(cfg)
     if tune:
         cfg = with_overrides(cfg, tune_params(cfg))
     run_id = train(cfg)

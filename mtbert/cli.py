@@ -71,6 +71,19 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
         print(f"trained {state.global_step} steps in {time.monotonic() - start:.0f} s -> {cfg.train.out_dir}/")
 
 
+def cmd_train_teachers(cfg: Config, args: argparse.Namespace) -> None:
+    from mtbert.pipeline.stages import teachers, train
+
+    out = f"{cfg.train.distill.teachers_dir}/{teachers.MANIFEST}"
+    manifest = teachers.run(cfg, callbacks=lambda: [train.TrainProgress(not args.quiet)], retrain=args.retrain)
+    if not manifest["trained"]:
+        why = ("distillation is off (train.distill.enabled)" if not cfg.train.distill.enabled else
+               "the teachers are given as folders (train.distill.teachers)")
+        print(f"{why}; no teacher to train -> {out}")
+        return
+    print(f"{len(manifest['trained'])} teacher(s) trained in {cfg.train.distill.teachers_dir}/ -> {out}")
+
+
 def cmd_teach(cfg: Config, args: argparse.Namespace) -> None:
     from mtbert.pipeline.stages import teach
 
@@ -211,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the multitask model (resumes an interrupted run)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--overrides-file", help="YAML of dotted overrides, e.g. artifacts/tune/best_params.yaml")
+    p = sub.add_parser("train-teachers", help="train the single-task teachers of train.distill.teacher_seeds "
+                                              "(keeps those trained already with the same settings)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train every teacher from scratch (e.g. after a change to the training code)")
     sub.add_parser("teach", help="teacher outputs on the training rows, for train.distill")
     sub.add_parser("evaluate", help="dev metrics, prediction files and plots")
     p = sub.add_parser("predict", help="predict a task for a CSV/TSV of sentences")
@@ -251,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"import-data": cmd_import_data, "prepare": cmd_prepare, "augment": cmd_augment, "teach": cmd_teach, "train": cmd_train,
+COMMANDS = {"import-data": cmd_import_data, "prepare": cmd_prepare, "augment": cmd_augment,
+            "train-teachers": cmd_train_teachers, "teach": cmd_teach, "train": cmd_train,
             "evaluate": cmd_evaluate, "predict": cmd_predict, "config": cmd_config, "tune": cmd_tune,
             "pretrain-mlm": cmd_pretrain_mlm, "ablate": cmd_ablate,
             "register": cmd_register, "compare": cmd_compare, "serve": cmd_serve}

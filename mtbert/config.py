@@ -147,12 +147,23 @@ class DistillConfig:
     temperature: float = 1.0
     tasks: tuple[str, ...] = TASKS  # tasks whose loss mixes in the teacher's outputs
     teachers: tuple[str, ...] = ()  # trained model directories; their outputs are averaged
+    # Or the project trains them (the teachers stage): one single-task model per distilled task and
+    # seed, in teachers_dir/TASK/seed-S, trained with this config otherwise; several seeds of a task
+    # are averaged (an ensemble). Give `teachers` or `teacher_seeds`, not both.
+    teacher_seeds: tuple[int, ...] = ()
+    teachers_dir: str = "artifacts/teachers"
     outputs_dir: str = "artifacts/teacher"  # the teach stage's cached outputs on the training rows
 
     def __post_init__(self) -> None:
-        if self.enabled and not self.teachers:
-            raise ConfigError("train.distill.teachers: distillation needs at least one teacher "
-                              "model directory")
+        if self.enabled and not (self.teachers or self.teacher_seeds):
+            raise ConfigError("train.distill.teachers: distillation needs teacher model directories "
+                              "(train.distill.teachers) or seeds to train them with "
+                              "(train.distill.teacher_seeds)")
+        if self.teachers and self.teacher_seeds:
+            raise ConfigError("train.distill.teacher_seeds: give the teachers' directories "
+                              "(train.distill.teachers) or seeds to train them with, not both")
+        if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
+            raise ConfigError(f"train.distill.teacher_seeds: lists a seed twice: {list(self.teacher_seeds)}")
         _check_choice("train.distill.schedule", self.schedule, DISTILL_SCHEDULES)
         _check_range("train.distill.lam", self.lam, 0.0, 1.0, high_open=False)
         if not self.temperature > 0:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtbert.config import Config, with_overrides
+from mtbert.config import Config, DistillConfig, PerTaskFloat, to_dict, with_overrides
 from mtbert.data import read_prepared
 from mtbert.errors import UserError
 from mtbert.precision import resolve_precision
@@ -46,6 +46,31 @@ def unsent_path(cfg: Config) -> Path:
 
 def teacher_outputs_path(cfg: Config, task: str) -> Path:
     return Path(cfg.train.distill.outputs_dir) / f"{task}-train.parquet"
+
+
+def teacher_config(cfg: Config, task: str, seed: int) -> Config:
+    """The config of the teacher the project trains for `task` with `seed` (`train.distill.
+    teacher_seeds`): this config with one task, loss scale 1 and no distillation, i.e. the
+    single-task baseline run, written to teachers_dir/TASK/seed-S."""
+    folder = Path(cfg.train.distill.teachers_dir) / task / f"seed-{seed}"
+    return with_overrides(cfg, {"seed": seed, "train.tasks": [task], "train.out_dir": str(folder),
+                                "train.loss_scale": to_dict(PerTaskFloat()),
+                                "train.distill": to_dict(DistillConfig())})
+
+
+def teacher_configs(cfg: Config) -> list[Config]:
+    """One config per teacher the project trains: each distilled task x `teacher_seeds` (none when
+    distillation is off or its teachers are given as folders)."""
+    distill = cfg.train.distill
+    if not distill.enabled:
+        return []
+    return [teacher_config(cfg, task, seed) for task in cfg.train.tasks if task in distill.tasks
+            for seed in distill.teacher_seeds]
+
+
+def teacher_dirs(cfg: Config) -> list[str]:
+    """The teachers' model folders: `train.distill.teachers`, or those the project trains."""
+    return list(cfg.train.distill.teachers) or [c.train.out_dir for c in teacher_configs(cfg)]
 
 
 def read_teacher_outputs(cfg: Config, task: str, ids: pd.Series) -> np.ndarray:

@@ -110,11 +110,13 @@ def test_editing_the_code_a_stage_runs_marks_that_stage_changed(dvc_repo: Path) 
     assert _changed_stages(root) == set()
 
     stages = root / "mtbert" / "pipeline" / "stages"
-    for path, function, stage in ((stages / "train.py", "train_model", "train"),
-                                  (stages / "evaluate.py", "evaluate_model", "evaluate"),
-                                  (root / "mtbert" / "samplers.py", "build_schedule", "train")):
+    # the teachers stage trains with the train stage's code (it keeps teachers trained with the same
+    # settings, so its re-run costs seconds where nothing that it trains with changed)
+    for path, function, changed in ((stages / "train.py", "train_model", {"teachers", "train"}),
+                                    (stages / "evaluate.py", "evaluate_model", {"evaluate"}),
+                                    (root / "mtbert" / "samplers.py", "build_schedule", {"teachers", "train"})):
         old = _edit_function(path, function)
-        assert _changed_stages(root) == {stage}, f"editing {function} in {path.name}"
+        assert _changed_stages(root) == changed, f"editing {function} in {path.name}"
         path.write_text(old)
         assert _changed_stages(root) == set()
 

@@ -267,3 +267,12 @@ def test_distill_config_validates() -> None:
                          ({"enabled": True}, "teachers")]:
         with pytest.raises(ConfigError, match=f"^train.distill.{path}"):
             DistillConfig(**kwargs)
+
+
+def test_distill_config_takes_teacher_folders_or_seeds_not_both() -> None:
+    assert DistillConfig(enabled=True, teacher_seeds=(1, 2)).teacher_seeds == (1, 2)
+    for kwargs, path in [({"teachers": ("a",), "teacher_seeds": (1,)}, "teacher_seeds"),
+                         ({"teacher_seeds": (1, 1)}, "teacher_seeds")]:
+        with pytest.raises(ConfigError, match=f"^train.distill.{path}"):
+            DistillConfig(**kwargs)
+

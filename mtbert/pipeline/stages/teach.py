@@ -23,6 +23,7 @@ from mtbert.model.trained import load_trained
 from mtbert.pipeline.project import (
     apply_threads,
     resolve_device,
+    teacher_dirs,
     teacher_outputs_path,
     train_frames,
     with_precision,
@@ -53,12 +54,14 @@ def run(cfg: Config) -> dict[str, Any]:
         apply_threads(cfg)
         device = str(resolve_device(cfg.train.device))
         cfg = with_precision(cfg, torch.device(device), inference=True)
-        for folder in distill.teachers:
+        folders = teacher_dirs(cfg)
+        field, fix = (("train.distill.teachers", "train it first with `mtbert train`") if distill.teachers
+                      else ("train.distill.teacher_seeds", "run `mtbert train-teachers` first"))
+        for folder in folders:
             if not (Path(folder) / MODEL_FILE).exists():
-                raise UserError("not a trained mtbert model", path=folder,
-                                field="train.distill.teachers", fix="train it first (mtbert train)")
+                raise UserError("not a trained mtbert model", path=folder, field=field, fix=fix)
             manifest["teachers"][folder] = sha256_file(Path(folder) / MODEL_FILE)
-        teachers = [load_trained(folder, device) for folder in distill.teachers]
+        teachers = [load_trained(folder, device) for folder in folders]
         frames = train_frames(cfg)
         for task in (t for t in cfg.train.tasks if t in distill.tasks):
             targets = _task_targets(cfg, task, frames[task], teachers)

@@ -460,8 +460,9 @@ def _rank_dist(cfg: Config) -> Dist:
     return dist.on(torch.device("cuda", dist.local_rank) if device.type == "cuda" else device)
 
 
-def run(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = ()) -> tuple[TrainState, str]:
-    """The train stage: `train_model` inside the MLflow run "train"; returns the state and run id.
+def run(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = (),
+        run_name: str = "train") -> tuple[TrainState, str]:
+    """The train stage: `train_model` inside the MLflow run `run_name`; returns the state and run id.
 
     If the server goes away mid-run, training goes on and its metrics are kept in the project's
     fallback file for the next tracked run to send. The learning curves and the wall time are
@@ -477,7 +478,7 @@ def run(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = ()) ->
                 log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # rank 0 tells the rest
                 quiet = [cb for cb in callbacks if not isinstance(cb, TrainProgress)]
                 return train_model(cfg, resume=resume, callbacks=quiet, dist=dist), ""
-            return _tracked_train(cfg, resume, callbacks, dist)
+            return _tracked_train(cfg, resume, callbacks, dist, run_name)
     finally:
         log.setLevel(level)
         for cb in callbacks:
@@ -486,9 +487,9 @@ def run(cfg: Config, resume: bool = True, callbacks: Sequence[Callback] = ()) ->
 
 
 def _tracked_train(cfg: Config, resume: bool, callbacks: Sequence[Callback],
-                   dist: Dist) -> tuple[TrainState, str]:
+                   dist: Dist, run_name: str) -> tuple[TrainState, str]:
     start = time.monotonic()
-    with tracking.tracked_run(cfg, "train", fallback=unsent_path(cfg)) as tracked:
+    with tracking.tracked_run(cfg, run_name, fallback=unsent_path(cfg)) as tracked:
         tracked.log_datasets(prepared_inputs(cfg))
         state = train_model(cfg, resume=resume, callbacks=[*callbacks, tracked.callback], dist=dist)
         out = Path(cfg.train.out_dir)
