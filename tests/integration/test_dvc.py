@@ -182,3 +182,35 @@ def test_plots_show_draws_every_declared_plot_offline(dvc_repo: Path) -> None:
             assert (root / "plots-page" / src).stat().st_size > 1000, name  # the PNG beside the page
         else:
             assert "vegaEmbed(" in div and re.search(r'"values":\s*\[\s*\{', div), name
+
+
+def test_repro_with_distillation_trains_the_teachers_once(dvc_repo: Path) -> None:
+    """With `train.distill.teacher_seeds`, `dvc repro` trains the single-task teachers (stage
+    `teachers`), caches their outputs (`teach`) and trains the student from them. A change to a
+    distillation-only setting re-runs the stages but keeps the teachers' weights (the stage's folder
+    persists and is not cached); a change they train with retrains them."""
+    root = dvc_repo
+    params = root / "params.yaml"
+    text = params.read_text()
+    old = ("  distill: {enabled: false, schedule: linear, lam: 0.5, temperature: 1.0, tasks: [sst, para, sts],\n"
+           "            teachers: [], teacher_seeds: [], ")
+    assert old in text
+    text = text.replace(old, "  distill: {enabled: true, schedule: linear, lam: 0.5, temperature: 1.0, tasks: [sst],\n"
+                             "            teachers: [], teacher_seeds: [1], ", 1)
+    params.write_text(text.replace("\n  threads: 0 ", "\n  threads: 1 ", 1))  # shared CPUs
+    out = _dvc(root, "repro")
+    for stage in ("teachers", "teach", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out, out
+    weights = root / "artifacts" / "teachers" / "sst" / "seed-1" / "model.safetensors"
+    first = (weights.stat().st_mtime_ns, hashlib.sha256(weights.read_bytes()).hexdigest())
+    assert "Running stage" not in _dvc(root, "repro")
+    assert _changed_stages(root) == set()
+
+    params.write_text(params.read_text().replace("temperature: 1.0", "temperature: 2.0", 1))
+    out = _dvc(root, "repro")
+    assert "Running stage 'teachers'" in out and "Running stage 'train'" in out, out
+    assert (weights.stat().st_mtime_ns, hashlib.sha256(weights.read_bytes()).hexdigest()) == first
+
+    params.write_text(params.read_text().replace("  head_dropout: 0.1\n", "  head_dropout: 0.2\n", 1))
+    _dvc(root, "repro", "teachers")
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() != first[1]
