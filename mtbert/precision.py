@@ -47,9 +47,20 @@ def resolve_precision(requested: str, device: torch.device, *, inference: bool =
         return "bf16" if units else "fp32"
     if requested == "bf16" and not units:
         if inference:
-            log.info("precision: fp32 on this %s (bf16 was asked for; without bf16 units it would be "
-                     "emulated and slow)", device.type)
+            _once(logging.INFO, "precision: fp32 on this %s (bf16 was asked for; without bf16 units it "
+                  "would be emulated and slow)", device.type)
             return "fp32"
-        log.warning("train.precision=bf16 on a %s without bf16 units: bf16 matmuls are emulated and "
-                    "run slower than fp32 (train.precision=auto picks fp32 here)", device.type)
+        _once(logging.WARNING, "train.precision=bf16 on a %s without bf16 units: bf16 matmuls are "
+              "emulated and run slower than fp32 (train.precision=auto picks fp32 here)", device.type)
     return requested
+
+
+_said: set[tuple[str, str]] = set()
+
+
+def _once(level: int, message: str, device_type: str) -> None:
+    """Log `message` the first time in this process only: scoring resolves the precision once per
+    task and tuning once per trial, and the line would otherwise repeat with nothing new in it."""
+    if (message, device_type) not in _said:
+        _said.add((message, device_type))
+        log.log(level, message, device_type)

@@ -27,7 +27,9 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def units(monkeypatch: pytest.MonkeyPatch):
-    """Set whether 'this CPU' has bf16 units."""
+    """Set whether 'this CPU' has bf16 units (and forget which lines were logged already)."""
+    monkeypatch.setattr(precision, "_said", set())
+
     def set_units(has: bool) -> None:
         monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has)
     return set_units
@@ -48,6 +50,10 @@ def test_explicit_bf16_without_units_trains_in_bf16_with_a_warning_and_predicts_
         assert precision.resolve_precision("bf16", CPU) == "bf16"
         assert "emulated" in caplog.text
         assert precision.resolve_precision("bf16", CPU, inference=True) == "fp32"
+        for _ in range(3):  # once per task or trial: each line is said once per process
+            precision.resolve_precision("bf16", CPU)
+            precision.resolve_precision("bf16", CPU, inference=True)
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
 
 
 def test_unknown_precision_is_refused() -> None:
