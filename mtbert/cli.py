@@ -77,8 +77,10 @@ def cmd_train_teachers(cfg: Config, args: argparse.Namespace) -> None:
     out = f"{cfg.train.distill.teachers_dir}/{teachers.MANIFEST}"
     manifest = teachers.run(cfg, callbacks=lambda: [train.TrainProgress(not args.quiet)], retrain=args.retrain)
     if not manifest["trained"]:
-        why = ("distillation is off (train.distill.enabled)" if not cfg.train.distill.enabled else
-               "the teachers are given as folders (train.distill.teachers)")
+        distill = cfg.train.distill
+        why = ("distillation is off (train.distill.enabled)" if not distill.enabled else
+               "the teachers are given as folders (train.distill.teachers)" if distill.teachers else
+               "no task of train.tasks is in train.distill.tasks")
         print(f"{why}; no teacher to train -> {out}")
         return
     print(f"{len(manifest['trained'])} teacher(s) trained in {cfg.train.distill.teachers_dir}/ -> {out}")
