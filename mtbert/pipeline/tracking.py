@@ -97,8 +97,15 @@ VIEW_KEY = "mtbert"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 DEV_COLUMNS = ("dev/overall", "dev/sst/accuracy", "dev/para/accuracy", "dev/sts/pearson")
 VIEW_PARAMS = ("profile", "train.lr", "train.epochs", "train.sampler", "model.pooling")
-UI_COMMAND = f"mlflow ui --backend-store-uri {DEFAULT_URI} --host 127.0.0.1"
-UI_DEFAULT_BASE = "http://127.0.0.1:5000"  # where UI_COMMAND serves
+UI_DEFAULT_BASE = "http://127.0.0.1:5000"  # where `ui_command` serves
+
+
+def ui_command(uri: str | None = None) -> str:
+    """The command that serves the UI over a local store (the one in use, by default)."""
+    return f"mlflow ui --backend-store-uri {uri or tracking_uri()} --host 127.0.0.1"
+
+
+UI_COMMAND = ui_command(DEFAULT_URI)
 
 
 def runs_view() -> dict[str, Any]:
@@ -120,7 +127,7 @@ def experiment_tags(existing: Mapping[str, str]) -> dict[str, str]:
 
 def ui_url(experiment_id: str, uri: str | None = None) -> str:
     """Where the experiment's runs table opens, with the dev metric columns, for anyone: the
-    tracking server itself, or for the local SQLite store what `UI_COMMAND` serves."""
+    tracking server itself, or for a local store what `ui_command` serves."""
     uri = uri or tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT_BASE
     return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
@@ -464,7 +471,7 @@ def tracked_run(cfg: Config, name: str, *, fallback: str | Path, run_id: str | N
         finally:  # tracking failures only warn: unsent metrics go to `fallback`, and the log says so
             tracked.callback.close()
         if not nested:
-            where = "" if tracking_uri().startswith(("http://", "https://")) else f" (after `{UI_COMMAND}`)"
+            where = "" if tracking_uri().startswith(("http://", "https://")) else f" (after `{ui_command()}`)"
             log.info("MLflow run %r: %s%s", run.info.run_name, ui_url(run.info.experiment_id), where)
 
 

@@ -63,3 +63,10 @@ def test_ui_url_opens_the_runs_table_in_the_training_workflow(monkeypatch) -> No
                                     "workflowType=machine_learning&viewStateShareKey=mtbert")
     remote = tracking.ui_url("4", "http://10.0.0.2:5099/")
     assert remote.startswith("http://10.0.0.2:5099/#/experiments/4/runs?")
+
+
+def test_ui_command_names_the_store_in_use(monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.ui_command() == "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/team/mlflow.db")
+    assert "--backend-store-uri sqlite:////srv/team/mlflow.db " in tracking.ui_command()
