@@ -278,3 +278,35 @@ def test_autocast_bf16_runs_close_to_fp32() -> None:
             low = model(**batch).pooler_output
     assert torch.isfinite(low).all()
     assert max_diff(ref, low.float()) < 0.05
+
+
+def test_cuda_attention_leaves_cudnn_out_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN attention builds a graph per (B, T) shape on the host (hundreds of ms each, measured on
+    an H200): length-bucketed batches keep it out; MTBERT_SDPA_CUDNN=1 brings it back."""
+    from torch.nn.attention import SDPBackend
+
+    from mtbert.model.bert import cuda_sdpa_backends
+
+    try:
+        monkeypatch.delenv("MTBERT_SDPA_CUDNN", raising=False)
+        cuda_sdpa_backends.cache_clear()
+        assert SDPBackend.CUDNN_ATTENTION not in cuda_sdpa_backends()
+        assert {SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION} <= set(cuda_sdpa_backends())
+        monkeypatch.setenv("MTBERT_SDPA_CUDNN", "1")
+        cuda_sdpa_backends.cache_clear()
+        assert cuda_sdpa_backends()[0] == SDPBackend.CUDNN_ATTENTION
+    finally:
+        cuda_sdpa_backends.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sdpa_matches_eager_with_padding() -> None:
+    torch.manual_seed(0)
+    model = BertModel(TINY).cuda().eval()
+    batch = {k: v.cuda() for k, v in make_batch().items()}
+    with torch.no_grad():
+        fused = model(**batch).last_hidden_state
+        eager = model(**batch, output_attentions=True).last_hidden_state
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(fused[real], eager[real], atol=1e-4)
