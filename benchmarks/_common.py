@@ -206,9 +206,10 @@ def write_result(path: Path, name: str, payload: dict[str, Any], start: dict[str
 
 def project_env(threads: int) -> dict[str, str]:
     """The environment of `mtbert` commands a benchmark runs in a project folder: offline, MLflow
-    into a local SQLite store in that folder, `threads` OpenMP threads."""
+    into a local store in that folder (SQLite; `MTBERT_BENCH_MLFLOW_URI` names another, such as
+    `file:./mlruns` on a bare GPU image without SQLAlchemy), `threads` OpenMP threads."""
     env = dict(os.environ, **OFFLINE_ENV)
-    env["MLFLOW_TRACKING_URI"] = "sqlite:///mlflow.db"
+    env["MLFLOW_TRACKING_URI"] = os.environ.get("MTBERT_BENCH_MLFLOW_URI", "sqlite:///mlflow.db")
     env["OMP_NUM_THREADS"] = str(threads)
     return env
 

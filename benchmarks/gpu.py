@@ -23,6 +23,11 @@ Sections (each a key of the result):
   differences and the seed noise they are judged against (``SEED_SD``).
 - ``torchrun``: the tiny profile under `torchrun --standalone --nproc_per_node=1` (NCCL on CUDA,
   gloo on the CPU): it trains, and how fast.
+- ``sdpa_backends``: attention forward + backward over 48 distinct (B, T) shapes, as length
+  bucketing makes them, twice (cold: the first call on each shape; warm), per backend set, each in
+  a fresh process: PyTorch's default choice, mtbert's (`mtbert.model.bert.cuda_sdpa_backends`,
+  cuDNN left out), cuDNN alone, memory-efficient alone. On CUDA the quick profile also trains
+  once with cuDNN allowed (`MTBERT_SDPA_CUDNN=1`), the state before mtbert left it out.
 
 The smoke run uses a tiny random backbone, the tiny profile, the CPU for both sides and few
 steps: it checks the script, its numbers mean nothing.
@@ -30,6 +35,7 @@ steps: it checks the script, its numbers mean nothing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,11 +81,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="quick profile: no CPU fp32 reference run (saves minutes)")
     parser.add_argument("--prepared-project", type=Path, default=None,
                         help="a project with the course data already prepared (tests)")
+    parser.add_argument("--sdpa-probe", default=None, help=argparse.SUPPRESS)  # one backend set, in its own process
+    parser.add_argument("--batch", type=int, default=32, help="throughput: sequences a step (default 32)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="backbone for parity, the second throughput case and the quick profile: "
+                             "'minilm' (default), a BERT directory or a hub id")
     args = parser.parse_args(argv)
     start = _common.cpu_snapshot()
     _common.setup(args.threads)
     import torch
 
+    if args.sdpa_probe:
+        print(json.dumps(sdpa_probe(args.sdpa_probe, "cpu" if args.smoke else "cuda", args.smoke)))
+        return 0
     if not torch.cuda.is_available() and not args.smoke:
         print("gpu.py: no CUDA device here (torch.cuda.is_available() is False): nothing measured. "
               "Run it on a machine with an NVIDIA GPU, or with --smoke to check the script on the CPU.")
@@ -87,28 +102,51 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":  # fp32 means fp32: TF32 would change the parity numbers
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    ckpt = _common.checkpoint(args.smoke)
+    ckpt = args.checkpoint or _common.checkpoint(args.smoke)
     data_dir = (args.data_dir or _common.default_data_dir()).resolve()
-    result: dict[str, Any] = {"device": device_info(device)}
-    result["parity"] = parity(ckpt, device)
-    result["throughput"] = throughput(ckpt, device, args.smoke)
+    path = _common.result_path(NAME, args.out, args.smoke)
+    result: dict[str, Any] = {"device": device_info(device), "checkpoint": ckpt}
+
+    def save(done: bool) -> None:
+        """Write what is measured so far: a run cut short by a time limit still leaves its sections."""
+        cases = result.get("throughput", {}).get("cases") or [{}]
+        headline = cases[0]
+        payload = {
+            "unit": "training tokens/s, bf16 autocast (higher is better)",
+            "ours": headline.get("ours_tokens_per_s"), "peer": headline.get("peer_tokens_per_s"),
+            "ratio": headline.get("ratio"),
+            "setup": {"headline": headline.get("case"), "device": device, "smoke": args.smoke,
+                      "peer": "transformers BertModel (sdpa), same weights, same step, alternating",
+                      "fp32_tolerance": FP32_TOL, "bf16_rule": f"ours <= {BF16_FACTOR} x peer error"},
+            "complete": done,
+            **result,
+        }
+        _common.write_result(path, NAME, payload, start)
+
+    failed: list[str] = []
+
+    def section(name: str, measure: Callable[[], Any]) -> None:
+        """One section; a failure is recorded (and the run exits 1 at the end), the others still run."""
+        try:
+            result[name] = measure()
+        except Exception as err:  # noqa: BLE001 - a proof run reports every section it can
+            traceback.print_exc()
+            result[name] = {**result.get(name, {}), "error": f"{type(err).__name__}: {err}"[-4000:]}
+            failed.append(name)
+        save(done=False)
+
+    section("parity", lambda: parity(ckpt, device))
+    section("throughput", lambda: throughput(ckpt, device, args.smoke, args.batch))
+    section("sdpa_backends", lambda: sdpa_backends(device, args.smoke))
     with tempfile.TemporaryDirectory(prefix="mtbert-gpu-") as tmp:
         prepared = args.prepared_project or prepare_project(Path(tmp) / "prepared", data_dir, args.threads)
-        result["quick_profile"] = quick_profile(Path(tmp), prepared, ckpt, device, args)
-        result["torchrun"] = torchrun_run(Path(tmp), prepared, ckpt, device, args)
-    headline = result["throughput"]["cases"][0]
-    payload = {
-        "unit": "training tokens/s, bf16 autocast (higher is better)",
-        "ours": headline["ours_tokens_per_s"], "peer": headline["peer_tokens_per_s"],
-        "ratio": headline["ratio"],
-        "setup": {"headline": headline["case"], "device": device, "smoke": args.smoke,
-                  "peer": "transformers BertModel (sdpa), same weights, same step, alternating",
-                  "fp32_tolerance": FP32_TOL, "bf16_rule": f"ours <= {BF16_FACTOR} x peer error"},
-        **result,
-    }
-    path = _common.write_result(_common.result_path(NAME, args.out, args.smoke), NAME, payload, start)
-    print(f"wrote {path}")
-    return 0
+        section("torchrun", lambda: torchrun_run(Path(tmp), prepared, ckpt, device, args))
+        section("quick_profile", lambda: quick_profile(
+            Path(tmp), prepared, ckpt, device, args,
+            on_run=lambda partial: (result.update(quick_profile=partial), save(done=False))))
+    save(done=not failed)
+    print(f"wrote {path}" + (f"; sections that failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def device_info(device: str) -> dict[str, Any]:
@@ -207,8 +245,9 @@ def train_step(model: Any, inputs: dict[str, Any], device: str) -> Callable[[], 
     return step
 
 
-def throughput(ckpt: str, device: str, smoke: bool) -> dict[str, Any]:
-    """Training tokens/s and MFU, ours against transformers, BERT-base (random) and MiniLM."""
+def throughput(ckpt: str, device: str, smoke: bool, batch: int = 32) -> dict[str, Any]:
+    """Training tokens/s and MFU, ours against transformers, BERT-base (random) and MiniLM, at `batch`
+    sequences a step."""
     import torch
     import transformers
 
@@ -219,14 +258,14 @@ def throughput(ckpt: str, device: str, smoke: bool) -> dict[str, Any]:
     if smoke:
         plans = [("tiny-random", None, 8, [16, 32])]
     else:
-        plans = [("bert-base-random", BERT_BASE, 32, [128, 256, 512]), ("minilm", "minilm", 32, [128, 256])]
+        plans = [("bert-base-random", BERT_BASE, batch, [128, 256, 512]), (Path(ckpt).name, ckpt, batch, [128, 256])]
     cases = []
     for label, source, batch, lengths in plans:
         torch.manual_seed(0)
         if isinstance(source, dict):
             cfg = BertConfig(**source)
             ours = BertModel(cfg)
-            peer = transformers.BertModel(transformers.BertConfig(**source), attn_implementation="sdpa")
+            peer = transformers.BertModel(transformers.BertConfig(**source, attn_implementation="sdpa"))
         else:
             path = resolve_checkpoint(ckpt if source is None else source)
             ours = load_pretrained_bert(str(path))
@@ -266,6 +305,69 @@ def throughput(ckpt: str, device: str, smoke: bool) -> dict[str, Any]:
             "flops": "_common.encoder_flops (matmuls only, backward = 2x forward)", "cases": cases}
 
 
+SDPA_SETS = ("torch_default", "mtbert", "cudnn_only", "efficient_only")
+
+
+def sdpa_probe(name: str, device: str, smoke: bool) -> dict[str, Any]:
+    """Milliseconds per attention call (forward + backward, synchronised) over distinct (B, T)
+    shapes with a padding bias and dropout, first on each shape (cold) and again (warm)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from mtbert.model.bert import sdpa
+
+    heads, dim = (2, 8) if smoke else (12, 32)  # MiniLM: 12 heads of 32
+    shapes = [(16 + (i * 7) % 17, 20 + (i * 13) % 90) for i in range(6 if smoke else 48)]
+    only = {"cudnn_only": [SDPBackend.CUDNN_ATTENTION], "efficient_only": [SDPBackend.EFFICIENT_ATTENTION]}
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+
+    def attend(q: Any, k: Any, v: Any, bias: Any) -> Any:
+        if name == "mtbert":
+            return sdpa(q, k, v, bias, 0.1)
+        if name in only:
+            with sdpa_kernel(only[name]):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.1)
+
+    def call(batch: int, length: int) -> float:
+        q, k, v = (torch.randn(batch, heads, length, dim, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))
+        keep = torch.arange(length, device=device)[None] < torch.randint(
+            length // 2, length + 1, (batch, 1), device=device)
+        bias = torch.zeros(batch, 1, 1, length, device=device, dtype=dtype).masked_fill(
+            ~keep[:, None, None], torch.finfo(dtype).min)
+        _sync(device)
+        start = time.perf_counter()
+        attend(q, k, v, bias).float().sum().backward()
+        _sync(device)
+        return time.perf_counter() - start
+
+    torch.manual_seed(0)
+    call(8, 16)  # device and library set-up, on a shape not in the list
+    try:
+        cold = [call(*shape) for shape in shapes]
+        warm = [call(*shape) for shape in shapes]
+    except RuntimeError as err:  # e.g. no cuDNN attention for these shapes or on this device
+        return {"error": f"{type(err).__name__}: {str(err)[:300]}"}
+    return {"shapes": len(shapes), "cold_ms_mean": 1e3 * sum(cold) / len(cold), "cold_ms_max": 1e3 * max(cold),
+            "warm_ms_mean": 1e3 * sum(warm) / len(warm)}
+
+
+def sdpa_backends(device: str, smoke: bool) -> dict[str, Any]:
+    """`sdpa_probe` for each backend set, each in a fresh process (cold caches)."""
+    sets = SDPA_SETS if device == "cuda" else SDPA_SETS[:2]
+    out: dict[str, Any] = {"dtype": "bf16" if device == "cuda" else "fp32", "sets": {}}
+    for name in sets:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--sdpa-probe", name, *(["--smoke"] * smoke)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+        out["sets"][name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"sdpa {name:<15} {out['sets'][name]}", flush=True)
+    return out
+
+
 def _mtbert(root: Path, args: list[str], env: dict[str, str], runner: list[str] | None = None) -> float:
     """Run one mtbert command in `root`; its wall seconds. A failure stops the benchmark with its log."""
     cmd = [*(runner or [sys.executable, "-m", "mtbert.cli"]), "-q", *args]
@@ -296,19 +398,23 @@ def prepare_project(root: Path, data_dir: Path, threads: int) -> Path:
     return root
 
 
-def quick_profile(tmp: Path, prepared: Path, ckpt: str, device: str, args: Any) -> dict[str, Any]:
-    """Train + evaluate on the accelerator in bf16, and on the CPU in fp32; wall times, metrics."""
+def quick_profile(tmp: Path, prepared: Path, ckpt: str, device: str, args: Any,
+                  on_run: Callable[[dict[str, Any]], None] = lambda partial: None) -> dict[str, Any]:
+    """Train + evaluate on the accelerator in bf16, and on the CPU in fp32; wall times, metrics.
+    `on_run` sees the result so far after each run."""
     profile = "tiny" if args.smoke else "quick"
     cpu_threads = args.threads if args.smoke else max(1, (os.cpu_count() or 2))
-    runs = {f"{device}_bf16": (device, "bf16", args.threads)}
+    runs: dict[str, tuple[str, str, int, dict[str, str]]] = {f"{device}_bf16": (device, "bf16", args.threads, {})}
+    if device == "cuda":  # the state before mtbert left cuDNN attention out (its per-shape setup)
+        runs[f"{device}_bf16_sdpa_cudnn"] = (device, "bf16", args.threads, {"MTBERT_SDPA_CUDNN": "1"})
     if not args.skip_cpu_reference:
-        runs["cpu_fp32"] = ("cpu", "fp32", cpu_threads)
+        runs["cpu_fp32"] = ("cpu", "fp32", cpu_threads, {})
     out: dict[str, Any] = {"profile": profile, "runs": {}}
-    for name, (dev, precision, threads) in runs.items():
+    for name, (dev, precision, threads, extra_env) in runs.items():
         root = _project(tmp / name, prepared)
         opts = [f"profile={profile}", f"model.checkpoint={ckpt}", f"train.device={dev}", f"train.precision={precision}",
                 f"train.threads={threads}"]
-        env = _common.project_env(threads)
+        env = {**_common.project_env(threads), **extra_env}
         train_s = _mtbert(root, ["train", *opts], env)
         eval_s = _mtbert(root, ["evaluate", *opts], env)
         metrics = json.loads((root / "artifacts/eval/metrics.json").read_text())
@@ -317,6 +423,7 @@ def quick_profile(tmp: Path, prepared: Path, ckpt: str, device: str, args: Any) 
                              "metrics": {k: metrics.get(k) for k in SEED_SD}}
         print(f"{profile} {name}: train {train_s:.0f} s, evaluate {eval_s:.0f} s, "
               f"overall {metrics.get('dev/overall')}", flush=True)
+        on_run(out)
     if "cpu_fp32" in out["runs"]:
         fast, ref = out["runs"][f"{device}_bf16"]["metrics"], out["runs"]["cpu_fp32"]["metrics"]
         diff = {k: fast[k] - ref[k] for k in SEED_SD if fast.get(k) is not None and ref.get(k) is not None}
@@ -325,6 +432,9 @@ def quick_profile(tmp: Path, prepared: Path, ckpt: str, device: str, args: Any) 
         out["within_2_seed_sd"] = all(abs(d) <= 2 * SEED_SD[k] for k, d in diff.items())
         out["train_speedup_vs_cpu_fp32"] = (out["runs"]["cpu_fp32"]["train_s"]
                                             / out["runs"][f"{device}_bf16"]["train_s"])
+    if f"{device}_bf16_sdpa_cudnn" in out["runs"]:
+        out["train_speedup_vs_sdpa_cudnn"] = (out["runs"][f"{device}_bf16_sdpa_cudnn"]["train_s"]
+                                              / out["runs"][f"{device}_bf16"]["train_s"])
     return out
 
 

@@ -67,6 +67,10 @@ def test_benchmark_smoke_writes_complete_result(name: str, tmp_path: Path, data_
         assert result["parity"]["ok"], result["parity"]
         assert set(result["quick_profile"]["runs"]) == {"cpu_bf16", "cpu_fp32"}
         assert result["torchrun"]["model_saved"] and result["torchrun"]["backend"] == "gloo"
+        sets = result["sdpa_backends"]["sets"]
+        assert set(sets) == {"torch_default", "mtbert"}, sets
+        assert all(s["cold_ms_mean"] > 0 and s["warm_ms_mean"] > 0 for s in sets.values()), sets
+        assert result["complete"] is True
     if name == "bf16":
         assert set(result["quick"]) >= {"fp32", "bf16", "metric_delta_bf16_minus_fp32"}
     if name == "memory":
