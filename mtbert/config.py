@@ -210,6 +210,7 @@ class TrainConfig:
     precision: str = "fp32"  # params.yaml sets auto (bf16 where the hardware has bf16 units)
     threads: int = 0
     release_memory_mb: int = 512  # return freed memory to the OS after this much growth (0: never; mtbert.allocator)
+    recompute_tokens: int = 0  # batches with more (B x T) positions recompute activations in backward (0: never)
     checkpoint_every: int = 200
     out_dir: str = "artifacts/model"
     init_from: str | None = None
@@ -492,6 +493,7 @@ def _validate_non_negative(cfg: Config) -> None:
     checks = [("train.checkpoint_every", t.checkpoint_every), ("train.max_tokens", t.max_tokens),
               ("train.eval_every", t.eval_every), ("train.eval_rows", t.eval_rows),
               ("train.threads", t.threads), ("train.release_memory_mb", t.release_memory_mb),
+              ("train.recompute_tokens", t.recompute_tokens),
               ("train.grad_clip", t.grad_clip),
               ("train.smart.bregman_weight", t.smart.bregman_weight),
               ("augment.eda_copies", cfg.augment.eda_copies)]

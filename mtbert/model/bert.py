@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 ATTN_IMPLS: tuple[str, ...] = ("sdpa", "eager")
 
@@ -405,16 +406,23 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(
-        self, hidden: Tensor, ctx: AttnContext, keep_probs: bool, cls_only: bool = False
+        self, hidden: Tensor, ctx: AttnContext, keep_probs: bool, cls_only: bool = False,
+        recompute: bool = False,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         """Run all layers on (B, T, H) or packed (N, H) states with one shared context.
 
         With `cls_only` the last layer runs for the first position only and (B, H) comes back.
+        With `recompute` each full layer keeps only its input for the backward pass and runs again
+        there (activation checkpointing, with the forward's random state: the same dropout masks,
+        so the same gradients).
         """
         all_probs: list[Tensor] = []
         layers = self.layer[:-1] if cls_only else self.layer
         for layer in layers:
-            hidden, probs = layer(hidden, ctx)
+            if recompute:
+                hidden, probs = checkpoint(layer, hidden, ctx, use_reentrant=False)
+            else:
+                hidden, probs = layer(hidden, ctx)
             if keep_probs:
                 all_probs.append(probs)
         if cls_only:
@@ -446,16 +454,23 @@ class BertModel(nn.Module):
             for attention. Same results on real tokens, less work; padding positions of
             ``last_hidden_state`` are then zero instead of HF's (meaningless) values.
 
-    ``attn_impl`` and ``unpad`` are plain attributes and may be changed after construction.
+        recompute_tokens: in training, a batch whose (B, T) grid holds more than this many
+            positions recomputes each layer's activations in the backward pass instead of
+            keeping them (0: never). Same results; the widest batches stop setting the peak memory.
+
+    ``attn_impl``, ``unpad`` and ``recompute_tokens`` are plain attributes and may be changed
+    after construction.
     """
 
-    def __init__(self, config: BertConfig, attn_impl: str = "sdpa", unpad: bool = True) -> None:
+    def __init__(self, config: BertConfig, attn_impl: str = "sdpa", unpad: bool = True,
+                 recompute_tokens: int = 0) -> None:
         super().__init__()
         if attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl {attn_impl!r} is not supported; valid: {list(ATTN_IMPLS)}")
         self.config = config
         self.attn_impl = attn_impl
         self.unpad = unpad
+        self.recompute_tokens = recompute_tokens
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
@@ -532,7 +547,9 @@ class BertModel(nn.Module):
         ctx = self._context(hidden, attention_mask, eager)
         if ctx.packed:
             hidden = hidden[ctx.rows, ctx.cols]  # (N, H)
-        hidden, attentions = self.encoder(hidden, ctx, output_attentions, cls_only)
+        recompute = (0 < self.recompute_tokens < ctx.batch * ctx.seq_len
+                     and self.training and torch.is_grad_enabled())
+        hidden, attentions = self.encoder(hidden, ctx, output_attentions, cls_only, recompute)
         if cls_only:
             hidden = hidden.unsqueeze(1)  # (B, 1, H)
             return BertOutput(hidden, self.pooler(hidden), attentions)

@@ -45,12 +45,13 @@ def load_trained(model_dir: str | Path, device: str = "cpu",
 
 
 # What determines a training run's result: these config keys, and the rows it trains on. Other
-# keys (threads, releasing freed memory, device, checkpoint interval, output folder, in-training
-# scoring, and the eval/register/tune/data-path sections) are runtime settings: a checkpoint
-# written under other values of them is resumed (the train stage's fingerprint), and a command may change them.
+# keys (threads, releasing freed memory, recomputing activations, device, checkpoint interval,
+# output folder, in-training scoring, and the eval/register/tune/data-path sections) are runtime
+# settings: a checkpoint written under other values of them is resumed (the train stage's
+# fingerprint), and a command may change them.
 RESULT_KEYS = ("seed", "model.", "train.", "data.train_source", "data.train_size.", "data.resample_to.")
-RUNTIME_KEYS = frozenset({"train.threads", "train.release_memory_mb", "train.device",
-                          "train.checkpoint_every", "train.out_dir", "train.eval_every",
+RUNTIME_KEYS = frozenset({"train.threads", "train.release_memory_mb", "train.recompute_tokens",
+                          "train.device", "train.checkpoint_every", "train.out_dir", "train.eval_every",
                           "train.eval_rows"})
 # What a trained model remembers of how it was trained and measured: its training keys and the
 # measuring keys of its profile. evaluate and predict take these from the model's saved config,

@@ -310,3 +310,50 @@ def test_cuda_sdpa_matches_eager_with_padding() -> None:
         eager = model(**batch, output_attentions=True).last_hidden_state
     real = batch["attention_mask"].bool()
     assert torch.allclose(fused[real], eager[real], atol=1e-4)
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+def test_recomputing_wide_batches_gives_the_same_gradients(unpad: bool) -> None:
+    """Activation checkpointing replays the forward's random state: the same dropout masks, so
+    bit-identical outputs and gradients, with dropout on."""
+    torch.manual_seed(0)
+    keep = BertModel(TINY, unpad=unpad).train()
+    recompute = BertModel(TINY, unpad=unpad, recompute_tokens=B * T - 1).train()
+    recompute.load_state_dict(keep.state_dict())
+    batch = make_batch()
+    results = []
+    for model in (keep, recompute):
+        torch.manual_seed(123)
+        out = model(**batch).last_hidden_state
+        out.pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.detach(), grads, torch.rand(1)))  # the RNG after: not disturbed
+    (out_a, grads_a, rng_a), (out_b, grads_b, rng_b) = results
+    assert torch.equal(out_a, out_b) and torch.equal(rng_a, rng_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+
+
+def test_recompute_only_for_batches_wider_than_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mtbert.model.bert as bert
+
+    calls: list[int] = []
+    real = bert.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bert, "checkpoint", counting)
+    model = BertModel(TINY, recompute_tokens=B * T).train()
+    model(**make_batch()).last_hidden_state.sum().backward()  # B x T positions: not wider
+    assert calls == []
+    model.recompute_tokens = B * T - 1
+    model(**make_batch()).last_hidden_state.sum().backward()
+    assert len(calls) == TINY.num_hidden_layers
+    calls.clear()
+    with torch.no_grad():  # scoring and eval mode never recompute: nothing is kept for a backward
+        model(**make_batch())
+    model.eval()
+    model(**make_batch())
+    assert calls == []

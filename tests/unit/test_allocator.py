@@ -74,3 +74,11 @@ def test_release_setting_is_checked_and_a_runtime_key() -> None:
     assert "train.release_memory_mb" in RUNTIME_KEYS  # a resumed run may change it; results do not
     with pytest.raises(ConfigError, match="train.release_memory_mb"):
         load_config(REPO_ROOT / "params.yaml", ["train.release_memory_mb=-1"])
+
+
+def test_recompute_setting_is_checked_and_a_runtime_key() -> None:
+    from mtbert.model.trained import RUNTIME_KEYS
+
+    assert "train.recompute_tokens" in RUNTIME_KEYS  # same results: a resumed run may change it
+    with pytest.raises(ConfigError, match="train.recompute_tokens"):
+        load_config(REPO_ROOT / "params.yaml", ["train.recompute_tokens=-1"])

@@ -338,6 +338,7 @@ def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback], dist:
     frames = train_frames(cfg)
     data = with_teacher_targets(cfg, tokenize_tasks(cfg, tokenizer, frames), frames)
     model = build_multitask(cfg.model, cfg.train.init_from, cfg.train.tasks).to(device)
+    model.encoder.recompute_tokens = cfg.train.recompute_tokens
     optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay,
                                 lr_scale=lr_scale_fn(model.encoder.config.num_hidden_layers, cfg.train))
     teacher = make_teacher(model, cfg.train)  # SMART's Bregman teacher, or None
