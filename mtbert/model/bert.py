@@ -232,12 +232,13 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(emb))
 
 
-# SDPA backends on CUDA, in order of preference; cuDNN's is left out. Length bucketing gives nearly
-# every batch its own (B, T) shape, and before the first call on a shape cuDNN attention builds an
-# execution graph on the host: measured on an H200 (torch 2.11, cuDNN 9.19; benchmarks/device/),
-# 351 ms per new shape on average for forward + backward, against 0.9 ms without cuDNN, and the
-# quick profile's 94 training steps took 35 s with it and 9 s without. Flash and memory-efficient
-# attention need no per-shape setup. MTBERT_SDPA_CUDNN=1 puts cuDNN first again.
+# SDPA backends on CUDA; cuDNN's is left out. Length bucketing gives nearly every batch its own
+# (B, T) shape, and before the first call on a shape cuDNN attention builds an execution graph on
+# the host. Measured on an H200 (torch 2.11, cuDNN 9.19; benchmarks/device/2026-11-30): forward +
+# backward on a new shape took 351 ms on average with PyTorch's default backends (cuDNN alone:
+# 144 ms) and 0.9 ms without cuDNN; the quick profile's 94 training steps took 35 s with it and 9 s
+# without. Flash and memory-efficient attention need no per-shape setup. MTBERT_SDPA_CUDNN=1 puts
+# cuDNN back among the candidates (PyTorch's own choice).
 @functools.cache
 def cuda_sdpa_backends() -> tuple[SDPBackend, ...]:
     """The SDPA backends attention may use on CUDA (PyTorch picks among them by its priority)."""
