@@ -157,6 +157,7 @@ def test_resumed_run_continues_from_the_checkpoint(runs: Runs) -> None:
     assert f"resuming from {CHECKPOINT} at epoch 0, step {step}" in err
     assert f"trained {TOTAL_STEPS} steps" in runs.out["A resumed"].stdout
     assert not (runs.a / CHECKPOINT).exists()  # a finished run leaves nothing to resume
+    assert not (runs.a / CHECKPOINT.parent).exists()  # not even the empty folder
     resumed = _step_metrics(runs.a)[-1]
     assert sorted(resumed["train/lr"]) == list(range(step + 1, TOTAL_STEPS + 1))
 

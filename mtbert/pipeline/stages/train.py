@@ -437,6 +437,8 @@ def _save_trained(cfg: Config, parts: tuple[torch.nn.Module, Any], state: TrainS
     write_curves(curves, cfg.train.out_dir)
     (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
     curves.path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the folder too, once empty (a user's own files stay)
+        checkpoint_dir(cfg).rmdir()
 
 
 def _curve_recorder(cfg: Config, state: TrainState | None) -> CurveRecorder:
