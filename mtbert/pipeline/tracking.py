@@ -105,9 +105,6 @@ def ui_command(uri: str | None = None) -> str:
     return f"mlflow ui --backend-store-uri {uri or tracking_uri()} --host 127.0.0.1"
 
 
-UI_COMMAND = ui_command(DEFAULT_URI)
-
-
 def runs_view() -> dict[str, Any]:
     """The runs-table view state stored in VIEW_TAG (the keys the UI's shared views hold)."""
     columns = [f"metrics.`{name}`" for name in DEV_COLUMNS]
