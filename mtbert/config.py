@@ -213,6 +213,7 @@ class TrainConfig:
     recompute_tokens: int = 0  # batches with more (B x T) positions recompute activations in backward (0: never)
     checkpoint_every: int = 200
     out_dir: str = "artifacts/model"
+    export_hf: bool = True  # also write the encoder in the Hugging Face layout to out_dir/encoder
     init_from: str | None = None
     tasks: tuple[str, ...] = TASKS  # the tasks trained (any non-empty subset)
     layer_decay: float = 1.0  # layer-wise lr decay d: layer i of L at lr x d**(L - i); 1 is off

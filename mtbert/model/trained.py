@@ -52,7 +52,7 @@ def load_trained(model_dir: str | Path, device: str = "cpu",
 RESULT_KEYS = ("seed", "model.", "train.", "data.train_source", "data.train_size.", "data.resample_to.")
 RUNTIME_KEYS = frozenset({"train.threads", "train.release_memory_mb", "train.recompute_tokens",
                           "train.device", "train.checkpoint_every", "train.out_dir", "train.eval_every",
-                          "train.eval_rows"})
+                          "train.eval_rows", "train.export_hf"})
 # What a trained model remembers of how it was trained and measured: its training keys and the
 # measuring keys of its profile. evaluate and predict take these from the model's saved config,
 # not from params.yaml; everything else (threads, device, paths, batch sizes) is the current run's.

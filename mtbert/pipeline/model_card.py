@@ -61,12 +61,19 @@ def _table(rows: list[tuple[str, Any]], head: tuple[str, str]) -> str:
     return "\n".join(lines + [f"| {k} | `{v}` |" for k, v in rows])
 
 
-def _usage(model_dir: str) -> str:
-    return f"""```python
+def _usage(model_dir: str, export_hf: bool) -> str:
+    mtbert_api = f"""```python
 import mtbert
 model = mtbert.load("{model_dir}")
 model.predict("sst", ["a great film"]).names
-```
+```"""
+    encode = """`predict` returns labels (sst class ids 0..4, para 0/1, sts scores 0..5), scores and label names;
+`encode` returns the pooled vectors as a numpy array."""
+    if not export_hf:
+        return f"""{mtbert_api}
+
+{encode} Trained with `train.export_hf: false`: no Hugging Face copy of the encoder."""
+    return f"""{mtbert_api}
 
 ```python
 from transformers import AutoModel  # the encoder alone (no heads)
@@ -74,7 +81,10 @@ encoder = AutoModel.from_pretrained("{model_dir}/{ENCODER_DIR}")
 
 from sentence_transformers import SentenceTransformer  # the pooled vectors the heads see
 vectors = SentenceTransformer("{model_dir}/{ENCODER_DIR}").encode(["a great film"])
-```"""
+```
+
+{encode} `{ENCODER_DIR}/` holds the encoder in the Hugging Face layout with sentence-transformers'
+pooling files; the heads are only in `model.safetensors`."""
 
 
 def render_card(cfg: Config, enc: BertConfig, state: TrainState, params: int,
@@ -113,11 +123,7 @@ Key parameters (the whole resolved config is in `mtbert.json`):
 {METRICS_PLACEHOLDER}
 
 ## How to load it
-{_usage(cfg.train.out_dir)}
-
-`predict` returns labels (sst class ids 0..4, para 0/1, sts scores 0..5), scores and label names;
-`encode` returns the pooled vectors as a numpy array. `{ENCODER_DIR}/` holds the encoder in the Hugging
-Face layout with sentence-transformers' pooling files; the heads are only in `model.safetensors`.
+{_usage(cfg.train.out_dir, cfg.train.export_hf)}
 
 ## Intended use
 Research and teaching: sentence sentiment (5 classes), duplicate-question detection and semantic

@@ -51,11 +51,13 @@ def teacher_outputs_path(cfg: Config, task: str) -> Path:
 def teacher_config(cfg: Config, task: str, seed: int) -> Config:
     """The config of the teacher the project trains for `task` with `seed` (`train.distill.
     teacher_seeds`): this config with one task, loss scale 1 and no distillation, i.e. the
-    single-task baseline run, written to teachers_dir/TASK/seed-S."""
+    single-task baseline run, written to teachers_dir/TASK/seed-S (without the Hugging Face copy of
+    its encoder, `train.export_hf`: nobody loads a teacher's encoder alone)."""
     folder = Path(cfg.train.distill.teachers_dir) / task / f"seed-{seed}"
     return with_overrides(cfg, {"seed": seed, "train.tasks": [task], "train.out_dir": str(folder),
                                 "train.loss_scale": to_dict(PerTaskFloat()),
-                                "train.distill": to_dict(DistillConfig())})
+                                "train.distill": to_dict(DistillConfig()),
+                                "train.export_hf": False})  # only the student is for users
 
 
 def teacher_configs(cfg: Config) -> list[Config]:

@@ -202,6 +202,9 @@ def test_repro_with_distillation_trains_the_teachers_once(dvc_repo: Path) -> Non
     for stage in ("teachers", "teach", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out, out
     weights = root / "artifacts" / "teachers" / "sst" / "seed-1" / "model.safetensors"
+    # the student has the Hugging Face copy of its encoder; a teacher, which nobody loads alone, not
+    assert (root / "artifacts" / "model" / "encoder" / "config.json").exists()
+    assert not (weights.parent / "encoder").exists()
     first = (weights.stat().st_mtime_ns, hashlib.sha256(weights.read_bytes()).hexdigest())
     assert "Running stage" not in _dvc(root, "repro")
     assert _changed_stages(root) == set()

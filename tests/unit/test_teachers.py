@@ -20,6 +20,7 @@ def test_teachers_the_project_trains_are_its_single_task_baselines() -> None:
         (("sts",), 1, "t/sts/seed-1"), (("sts",), 2, "t/sts/seed-2")]
     for c in teachers:
         assert not c.train.distill.enabled and c.train.loss_scale.sst == 1.0
+        assert not c.train.export_hf  # no Hugging Face copy of a teacher's encoder (88 MB each)
         assert c.train.lr == 3e-5  # everything else is the project's
     assert teacher_dirs(cfg) == ["t/sst/seed-1", "t/sst/seed-2", "t/sts/seed-1", "t/sts/seed-2"]
     given = with_overrides(cfg, {"train.distill.teacher_seeds": [], "train.distill.teachers": ["m1", "m2"]})

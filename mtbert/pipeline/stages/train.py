@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -431,9 +432,13 @@ def _save_trained(cfg: Config, parts: tuple[torch.nn.Module, Any], state: TrainS
     meta = {"config": to_dict(cfg), "bert_config": dataclasses.asdict(model.encoder.config),
             "train_state": dataclasses.asdict(state)}
     save_model(cfg.train.out_dir, model, tokenizer, meta)
-    # The encoder again, for transformers' AutoModel and sentence-transformers (mtbert.model.export_hf).
-    save_hf_encoder(Path(cfg.train.out_dir) / ENCODER_DIR, model.encoder, tokenizer, cfg.model.pooling,
-                    cfg.model.max_length)
+    # The encoder again, for transformers' AutoModel and sentence-transformers (mtbert.model.export_hf);
+    # without it, a folder an earlier run exported goes: it would hold other weights than these.
+    encoder_dir = Path(cfg.train.out_dir) / ENCODER_DIR
+    if cfg.train.export_hf:
+        save_hf_encoder(encoder_dir, model.encoder, tokenizer, cfg.model.pooling, cfg.model.max_length)
+    else:
+        shutil.rmtree(encoder_dir, ignore_errors=True)
     write_curves(curves, cfg.train.out_dir)
     (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
     curves.path.unlink(missing_ok=True)
