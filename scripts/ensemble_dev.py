@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mtbert.batching import tokenize_frame
 from mtbert.config import load_config
@@ -45,24 +44,24 @@ def run(models: list[str], params: str, overrides: list[str]) -> dict:
     apply_threads(cfg)
     device = resolve_device(cfg.train.device)
     cfg = with_precision(cfg, device, inference=True)
-    loaded = [(folder, *load_trained(folder, str(device))) for folder in models]
-    result: dict = {"precision": cfg.train.precision, "tasks": {}}
-    for task in TASKS:
-        members = [(folder, model, tok, tcfg) for folder, model, tok, tcfg in loaded if task in model.tasks]
-        if not members:
-            continue
-        frame = dev_frame(cfg, task)
-        gold = frame["label"].to_numpy()
-        outputs = {}
-        for folder, model, tok, tcfg in members:
+    frames: dict = {}  # task -> dev rows, read once
+    outputs: dict = {task: {} for task in TASKS}  # task -> folder -> outputs
+    for folder in models:  # one model in memory at a time
+        model, tok, tcfg = load_trained(folder, str(device))
+        for task in model.tasks:
+            frame = frames.setdefault(task, dev_frame(cfg, task))
             data = tokenize_frame(tok, frame, task, tcfg.model.pair_encoding, tcfg.model.max_length)
-            outputs[folder] = teacher_outputs(model, data, cfg.eval.batch_size, cfg.train.precision)
-        singles = {folder: score(task, out, gold) for folder, out in outputs.items()}
-        result["tasks"][task] = {"rows": len(frame), "models": singles,
+            outputs[task][folder] = teacher_outputs(model, data, cfg.eval.batch_size, cfg.train.precision)
+        del model
+    result: dict = {"precision": cfg.train.precision, "tasks": {}}
+    for task in (t for t in TASKS if outputs[t]):
+        gold = frames[task]["label"].to_numpy()
+        singles = {folder: score(task, out, gold) for folder, out in outputs[task].items()}
+        result["tasks"][task] = {"rows": len(gold), "models": singles,
                                  "mean": float(np.mean(list(singles.values()))),
-                                 "ensemble": score(task, average_teachers(list(outputs.values())), gold)}
+                                 "ensemble": score(task, average_teachers(list(outputs[task].values())), gold)}
         print(f"{task}: {len(singles)} models, mean {result['tasks'][task]['mean']:.4f}, "
-              f"ensemble {result['tasks'][task]['ensemble']:.4f} ({len(frame)} dev rows)", flush=True)
+              f"ensemble {result['tasks'][task]['ensemble']:.4f} ({len(gold)} dev rows)", flush=True)
     if set(result["tasks"]) == set(TASKS):
         for kind in ("mean", "ensemble"):
             result[f"overall_{kind}"] = overall_score(*(result["tasks"][t][kind] for t in TASKS))
@@ -90,5 +89,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     sys.exit(main())

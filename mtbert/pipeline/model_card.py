@@ -67,12 +67,12 @@ import mtbert
 model = mtbert.load("{model_dir}")
 model.predict("sst", ["a great film"]).names
 ```"""
-    encode = """`predict` returns labels (sst class ids 0..4, para 0/1, sts scores 0..5), scores and label names;
+    returns = """`predict` returns labels (sst class ids 0..4, para 0/1, sts scores 0..5), scores and label names;
 `encode` returns the pooled vectors as a numpy array."""
     if not export_hf:
         return f"""{mtbert_api}
 
-{encode} Trained with `train.export_hf: false`: no Hugging Face copy of the encoder."""
+{returns} Trained with `train.export_hf: false`: no Hugging Face copy of the encoder."""
     return f"""{mtbert_api}
 
 ```python
@@ -83,7 +83,7 @@ from sentence_transformers import SentenceTransformer  # the pooled vectors the 
 vectors = SentenceTransformer("{model_dir}/{ENCODER_DIR}").encode(["a great film"])
 ```
 
-{encode} `{ENCODER_DIR}/` holds the encoder in the Hugging Face layout with sentence-transformers'
+{returns} `{ENCODER_DIR}/` holds the encoder in the Hugging Face layout with sentence-transformers'
 pooling files; the heads are only in `model.safetensors`."""
 
 

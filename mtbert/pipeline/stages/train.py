@@ -431,14 +431,12 @@ def _save_trained(cfg: Config, parts: tuple[torch.nn.Module, Any], state: TrainS
         ema.copy_to(model)  # the averaged weights are the model
     meta = {"config": to_dict(cfg), "bert_config": dataclasses.asdict(model.encoder.config),
             "train_state": dataclasses.asdict(state)}
-    save_model(cfg.train.out_dir, model, tokenizer, meta)
-    # The encoder again, for transformers' AutoModel and sentence-transformers (mtbert.model.export_hf);
-    # without it, a folder an earlier run exported goes: it would hold other weights than these.
     encoder_dir = Path(cfg.train.out_dir) / ENCODER_DIR
-    if cfg.train.export_hf:
-        save_hf_encoder(encoder_dir, model.encoder, tokenizer, cfg.model.pooling, cfg.model.max_length)
-    else:
+    if not cfg.train.export_hf:  # an earlier run's copy goes first: it holds other weights than these
         shutil.rmtree(encoder_dir, ignore_errors=True)
+    save_model(cfg.train.out_dir, model, tokenizer, meta)
+    if cfg.train.export_hf:  # the encoder again, for transformers and sentence-transformers (export_hf)
+        save_hf_encoder(encoder_dir, model.encoder, tokenizer, cfg.model.pooling, cfg.model.max_length)
     write_curves(curves, cfg.train.out_dir)
     (checkpoint_dir(cfg) / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume
     curves.path.unlink(missing_ok=True)
