@@ -95,8 +95,10 @@ def cmd_teach(cfg: Config, args: argparse.Namespace) -> None:
               f"{cfg.train.distill.outputs_dir}/{teach.MANIFEST}")
         return
     rows = ", ".join(f"{task} {info['rows']}" for task, info in manifest["tasks"].items())
-    print(f"teacher outputs of {len(manifest['teachers'])} model(s) on the training rows ({rows}) "
-          f"-> {cfg.train.distill.outputs_dir}/")
+    silver = ", ".join(f"{task} {info['rows']}" for task, info in manifest["silver"].items())
+    silver = f"; silver pairs among them: {silver}" if silver else ""
+    print(f"teacher outputs of {len(manifest['teachers'])} model(s) on the training rows ({rows}"
+          f"{silver}) -> {cfg.train.distill.outputs_dir}/")
 
 
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:

@@ -153,6 +153,9 @@ class DistillConfig:
     teacher_seeds: tuple[int, ...] = ()
     teachers_dir: str = "artifacts/teachers"
     outputs_dir: str = "artifacts/teacher"  # the teach stage's cached outputs on the training rows
+    # Silver pairs (Augmented SBERT): this many new para / sts pairs of training sentences that are
+    # nearest neighbours, labelled by the teachers (mtbert.silver); none for sst (not a pair task)
+    silver: PerTask = field(default_factory=PerTask)
 
     def __post_init__(self) -> None:
         if self.enabled and not (self.teachers or self.teacher_seeds):
@@ -169,6 +172,17 @@ class DistillConfig:
         if not self.temperature > 0:
             raise ConfigError(f"train.distill.temperature: must be > 0, got {self.temperature}")
         _check_tasks("train.distill.tasks", self.tasks, allow_empty=True)
+        if self.silver.sst:
+            raise ConfigError("train.distill.silver.sst: silver pairs are for the pair tasks para "
+                              "and sts; give sst null")
+        for task in ("para", "sts"):
+            count = self.silver.get(task)
+            if count is not None and count < 0:
+                raise ConfigError(f"train.distill.silver.{task}: must be >= 0 (null or 0: none), "
+                                  f"got {count}")
+            if count and task not in self.tasks:
+                raise ConfigError(f"train.distill.silver.{task}: silver pairs need {task} in "
+                                  f"train.distill.tasks (the teachers label them)")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ log = logging.getLogger("mtbert")
 
 REPORT_FILE = "report.json"  # what prepare and augment write beside their tables
 UNSENT_FILE = "unsent_metrics.jsonl"  # metrics MLflow could not take; sent by the next tracked run
+TEACH_MANIFEST = "manifest.json"  # what the teach stage wrote into train.distill.outputs_dir
 
 
 def prepared_path(cfg: Config, task: str, split: str, augmented: bool = False) -> Path:
@@ -92,6 +94,35 @@ def read_teacher_outputs(cfg: Config, task: str, ids: pd.Series) -> np.ndarray:
                         fix="the cache was made for other rows: run `mtbert teach` again")
     values = table.loc[ids.to_numpy()].to_numpy(dtype=np.float32)
     return values if task == "sst" else values[:, 0]
+
+
+def silver_path(cfg: Config, task: str) -> Path:
+    """The teach stage's silver pairs of `task` (mtbert.silver), labelled by the teachers."""
+    return Path(cfg.train.distill.outputs_dir) / f"{task}-silver.parquet"
+
+
+def with_silver(cfg: Config, frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """`frames` with each task's silver pairs appended (`train.distill.silver`, written by the teach
+    stage), as the student trains on them; unchanged for tasks without silver pairs.
+
+    Raises UserError when the teach stage made no silver pairs for this task and count.
+    """
+    distill = cfg.train.distill
+    out = dict(frames)
+    for task in frames:
+        wanted = distill.silver.get(task) if distill.enabled else None
+        if not wanted:
+            continue
+        path = silver_path(cfg, task)
+        manifest = Path(distill.outputs_dir) / TEACH_MANIFEST
+        made = json.loads(manifest.read_text()).get("silver", {}).get(task) if manifest.exists() else None
+        if not path.exists() or made is None or made.get("requested") != wanted:
+            raise UserError(f"no silver {task} pairs made for train.distill.silver.{task}={wanted}",
+                            path=str(path), field=f"train.distill.silver.{task}",
+                            fix="run `mtbert teach` (or `dvc repro teach`) first")
+        silver = read_prepared(path)
+        out[task] = pd.concat([frames[task], silver[frames[task].columns]], ignore_index=True)
+    return out
 
 
 def _sample(frame: pd.DataFrame, size: int | None, replace: bool, seed: int) -> pd.DataFrame:

@@ -97,3 +97,42 @@ def test_teach_names_the_missing_teacher_and_the_command_that_trains_it(prepared
         "mtbert teach: artifacts/teachers/sst/seed-5: train.distill.teacher_seeds: not a trained "
         "mtbert model (run `mtbert train-teachers` first)"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_silver_pairs_are_new_neighbouring_pairs_labelled_by_the_teachers_and_trained_on(
+        prepared_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Augmented SBERT through the command line: the teach stage draws 20 new Quora pairs among the
+    48 training pairs' sentences, labels them with the teacher, and the student trains on 68."""
+    root = shutil.copytree(prepared_project, tmp_path / "project")
+    silver = "train.distill={enabled: true, tasks: [para], teacher_seeds: [1], silver: {para: 20}}"
+    run_cli(["-q", "train-teachers", silver], root)
+    out = run_cli(["-q", "teach", silver], root).stdout
+    assert "(para 68; silver pairs among them: para 20)" in out, out
+
+    monkeypatch.chdir(root)
+    cfg = load_config("params.yaml")
+    gold = train_frames(cfg)["para"]
+    pairs = pd.read_parquet(root / "artifacts" / "teacher" / "para-silver.parquet")
+    assert list(pairs["id"]) == [f"silver-para-{k}" for k in range(20)]
+    sentences = set(gold["sentence1"]) | set(gold["sentence2"])
+    assert set(pairs["sentence1"]) <= sentences and set(pairs["sentence2"]) <= sentences
+    existing = {frozenset(p) for p in zip(gold["sentence1"], gold["sentence2"])}
+    new = [frozenset(p) for p in zip(pairs["sentence1"], pairs["sentence2"])]
+    assert not existing & set(new) and len(set(new)) == 20 and all(len(p) == 2 for p in new)
+
+    # their labels are the teacher's decisions on them, and their outputs follow the gold rows'
+    targets = pd.read_parquet(root / "artifacts" / "teacher" / "para-train.parquet")
+    assert list(targets["id"]) == list(gold["id"]) + list(pairs["id"])
+    silver_targets = targets["target"].to_numpy()[48:]
+    np.testing.assert_array_equal(pairs["label"].to_numpy(), (silver_targets >= 0.5).astype(int))
+
+    # the student trains on the 68 rows: its Quora epoch is 9 batches of 8 (6 with the gold rows)
+    run_cli(["-q", "train", silver], root)
+    curves = pd.read_csv(root / "artifacts" / "model" / "curves.csv")
+    assert curves["step"].max() == 9, curves["step"].max()
+
+    # asked for another count, the student refuses the pairs made for 20
+    proc = subprocess.run([sys.executable, "-m", "mtbert.cli", "train", silver.replace("20", "30")],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "no silver para pairs made for train.distill.silver.para=30" in proc.stderr, proc.stderr

@@ -63,6 +63,7 @@ from mtbert.pipeline.project import (
     train_frames,
     unsent_path,
     with_precision,
+    with_silver,
 )
 from mtbert.smart import BregmanTeacher
 from mtbert.train import DevScorer, fit, make_teacher
@@ -336,7 +337,7 @@ def _train_model(cfg: Config, resume: bool, callbacks: Sequence[Callback], dist:
     if memory:
         limit_onednn_cache(ONEDNN_CACHE_CAPACITY)
     tokenizer = load_tokenizer(cfg.train.init_from or cfg.model.checkpoint)
-    frames = train_frames(cfg)
+    frames = with_silver(cfg, train_frames(cfg))  # silver pairs: after the gold rows
     data = with_teacher_targets(cfg, tokenize_tasks(cfg, tokenizer, frames), frames)
     model = build_multitask(cfg.model, cfg.train.init_from, cfg.train.tasks).to(device)
     model.encoder.recompute_tokens = cfg.train.recompute_tokens
