@@ -177,3 +177,11 @@ def test_with_silver_refuses_pairs_made_for_another_count_or_missing(tmp_path: P
     write_silver(cfg, requested=3, rows=3)  # the teach stage ran with silver.para=3
     with pytest.raises(UserError, match="run `mtbert teach`"):
         with_silver(cfg, gold_frames())
+
+
+def test_the_silver_pairs_are_logged_as_a_training_input(tmp_path: Path) -> None:
+    from mtbert.pipeline.stages.train import prepared_inputs
+
+    inputs = prepared_inputs(silver_config(tmp_path, 3))
+    assert (silver_path(silver_config(tmp_path, 3), "para"), "training") in inputs
+    assert not any("silver" in str(path) for path, _ in prepared_inputs(silver_config(tmp_path, None)))

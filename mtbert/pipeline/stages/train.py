@@ -60,6 +60,7 @@ from mtbert.pipeline.project import (
     read_teacher_outputs,
     resolve_device,
     seed_everything,
+    silver_path,
     train_frames,
     unsent_path,
     with_precision,
@@ -377,10 +378,14 @@ def dev_scorer(cfg: Config, tokenizer: Any) -> DevScorer | None:
 
 def prepared_inputs(cfg: Config) -> list[tuple[Path, str]]:
     """The prepared tables a training run reads, with their MLflow input context: each trained
-    task's training rows (augmented, if `data.train_source` says so) and its dev rows."""
+    task's training rows (augmented, if `data.train_source` says so), its silver pairs (if
+    `train.distill.silver` asks for them), and its dev rows."""
     augmented = cfg.data.train_source == "augmented"
+    distill = cfg.train.distill
+    silver = [(silver_path(cfg, task), "training") for task in cfg.train.tasks
+              if distill.enabled and distill.silver.get(task)]
     return ([(prepared_path(cfg, task, "train", augmented), "training") for task in cfg.train.tasks]
-            + [(prepared_path(cfg, task, "dev"), "validation") for task in cfg.train.tasks])
+            + silver + [(prepared_path(cfg, task, "dev"), "validation") for task in cfg.train.tasks])
 
 
 def _file_callbacks(cfg: Config, dist: Dist, state: TrainState | None, current: dict[str, Any],
