@@ -22,7 +22,8 @@ from mtbert.model.multitask import MultitaskBert
 from mtbert.precision import resolve_precision
 
 SILVER_PREFIX = "silver-"  # the ids of silver rows: silver-<task>-<n>, never a course id
-CHUNK = 1024  # query rows per similarity block: (CHUNK, N) float32 at a time
+CHUNK = 1024  # query rows per similarity block at most: (CHUNK, N) float32 at a time
+BLOCK_ENTRIES = 2**25  # and at most this many similarities per block (128 MB), whatever N
 
 
 @torch.inference_mode()
@@ -96,8 +97,9 @@ def _ranked_neighbours(vectors: np.ndarray, ranks: int) -> np.ndarray:
     """(N, ranks) row indices of each row's nearest other rows, nearest first (deterministic)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     out = np.empty((len(vectors), ranks), dtype=np.int64)
-    for start in range(0, len(vectors), CHUNK):
-        block = vectors[start:start + CHUNK] @ vectors.T  # (C, N) cosines
+    step = max(1, min(CHUNK, BLOCK_ENTRIES // len(vectors)))
+    for start in range(0, len(vectors), step):
+        block = vectors[start:start + step] @ vectors.T  # (C, N) cosines
         block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf  # not itself
         if ranks < len(vectors) - 1:  # only the `ranks` best columns need sorting
             top = np.argpartition(-block, ranks - 1, axis=1)[:, :ranks]

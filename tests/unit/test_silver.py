@@ -185,3 +185,11 @@ def test_the_silver_pairs_are_logged_as_a_training_input(tmp_path: Path) -> None
     inputs = prepared_inputs(silver_config(tmp_path, 3))
     assert (silver_path(silver_config(tmp_path, 3), "para"), "training") in inputs
     assert not any("silver" in str(path) for path, _ in prepared_inputs(silver_config(tmp_path, None)))
+
+
+def test_similarity_blocks_shrink_with_the_number_of_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(silver, "BLOCK_ENTRIES", 30 * 4)  # 30 rows: blocks of 4 rows, not CHUNK
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(30, 5)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert silver._ranked_neighbours(vectors, 3).tolist() == [r[:3] for r in brute_force_ranked(vectors)]
