@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtbert.batching import TokenizedTask, collate, make_batches
+from mtbert.batching import Encoded, TokenizedTask, collate, make_batches
 from mtbert.fileio import atomic_write_text
 from mtbert.metrics import accuracy, confusion_matrix, overall_score, pearson, spearman
 from mtbert.model.multitask import MultitaskBert
@@ -45,7 +45,6 @@ def predict(model: MultitaskBert, data: TokenizedTask, batch_size: int,
     return _to_predictions(data.task, raw_outputs(model, data, batch_size, precision, on_batch))
 
 
-@torch.inference_mode()
 def raw_outputs(model: MultitaskBert, data: TokenizedTask, batch_size: int,
                 precision: str = "fp32", on_batch: RowHook | None = None) -> np.ndarray:
     """The head outputs of every row of `data` in row order, in eval mode without grad.
@@ -53,19 +52,29 @@ def raw_outputs(model: MultitaskBert, data: TokenizedTask, batch_size: int,
     Returns:
         float32 (N, 5) sst logits, (N, 1) para logits or (N, 1) sts scores (unclipped).
     """
+    return map_rows(model, data, batch_size, lambda enc: model(data.task, enc),
+                    5 if data.task == "sst" else 1, precision, on_batch)
+
+
+@torch.inference_mode()
+def map_rows(model: torch.nn.Module, data: TokenizedTask, batch_size: int,
+             forward: Callable[[Encoded], torch.Tensor], width: int, precision: str = "fp32",
+             on_batch: RowHook | None = None) -> np.ndarray:
+    """`forward` over every row of `data` in length-sorted batches (eval mode, no grad, bf16
+    autocast if `precision` resolves to it on the model's device); float32 (N, width) in row order."""
     model.eval()
     device = next(model.parameters()).device
     lengths = data.lengths()
     order = sorted(range(len(lengths)), key=lengths.__getitem__)  # similar lengths -> little padding
     batches = make_batches([lengths[i] for i in order], batch_size, shuffle=False, bucket=False)
-    outputs = np.zeros((len(lengths), 5 if data.task == "sst" else 1), dtype=np.float32)
+    outputs = np.zeros((len(lengths), width), dtype=np.float32)
     bf16 = resolve_precision(precision, device, inference=True) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     for batch_pos in batches:
         rows = [order[i] for i in batch_pos]
         batch = collate(data, rows).to(device)
         with autocast:
-            out = model(data.task, batch.enc).float()
+            out = forward(batch.enc).float()
         outputs[rows] = out.reshape(len(rows), -1).cpu().numpy()
         if on_batch is not None:
             on_batch(len(rows))

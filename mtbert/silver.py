@@ -17,37 +17,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtbert.batching import TokenizedTask, collate, make_batches
+from mtbert.batching import TokenizedTask
+from mtbert.evaluate import map_rows
+from mtbert.model.heads import pooled_dim
 from mtbert.model.multitask import MultitaskBert
-from mtbert.precision import resolve_precision
 
 SILVER_PREFIX = "silver-"  # the ids of silver rows: silver-<task>-<n>, never a course id
 CHUNK = 1024  # query rows per similarity block at most: (CHUNK, N) float32 at a time
 BLOCK_ENTRIES = 2**25  # and at most this many similarities per block (128 MB), whatever N
 
 
-@torch.inference_mode()
 def sentence_embeddings(model: MultitaskBert, data: TokenizedTask, batch_size: int,
                         precision: str = "fp32") -> np.ndarray:
     """L2-normalised pooled encoder vectors of single sentences, in row order: float32 (N, D).
 
     `data` holds one sequence per row (tokenized as for sst); the pooling is the model's own.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    lengths = data.lengths()
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    bf16 = resolve_precision(precision, device, inference=True) == "bf16"
-    out: np.ndarray | None = None
-    for batch_pos in make_batches([lengths[i] for i in order], batch_size, shuffle=False, bucket=False):
-        rows = [order[i] for i in batch_pos]
-        enc = collate(data, rows).enc.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            vectors = torch.nn.functional.normalize(model.embed(enc).float(), dim=-1)
-        if out is None:
-            out = np.zeros((len(lengths), vectors.shape[1]), dtype=np.float32)
-        out[rows] = vectors.cpu().numpy()
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+    width = pooled_dim(model.encoder.config.hidden_size, model.cfg.pooling)
+    return map_rows(model, data, batch_size,
+                    lambda enc: torch.nn.functional.normalize(model.embed(enc).float(), dim=-1),
+                    width, precision)
 
 
 def neighbour_pairs(vectors: np.ndarray, n_pairs: int, exclude: Iterable[tuple[int, int]] = (),

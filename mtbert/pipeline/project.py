@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,21 +109,33 @@ def with_silver(cfg: Config, frames: dict[str, pd.DataFrame]) -> dict[str, pd.Da
     Raises UserError when the teach stage made no silver pairs for this task and count.
     """
     distill = cfg.train.distill
+    wanted = {task: distill.silver.get(task) for task in frames
+              if distill.enabled and distill.silver.get(task)}
+    if not wanted:
+        return frames
+    made = _silver_made(Path(distill.outputs_dir) / TEACH_MANIFEST)
     out = dict(frames)
-    for task in frames:
-        wanted = distill.silver.get(task) if distill.enabled else None
-        if not wanted:
-            continue
+    for task, count in wanted.items():
         path = silver_path(cfg, task)
-        manifest = Path(distill.outputs_dir) / TEACH_MANIFEST
-        made = json.loads(manifest.read_text()).get("silver", {}).get(task) if manifest.exists() else None
-        if not path.exists() or made is None or made.get("requested") != wanted:
-            raise UserError(f"no silver {task} pairs made for train.distill.silver.{task}={wanted}",
+        entry = made.get(task)
+        if not path.exists() or not isinstance(entry, dict) or entry.get("requested") != count:
+            raise UserError(f"no silver {task} pairs made for train.distill.silver.{task}={count}",
                             path=str(path), field=f"train.distill.silver.{task}",
                             fix="run `mtbert teach` (or `dvc repro teach`) first")
         silver = read_prepared(path)
         out[task] = pd.concat([frames[task], silver[frames[task].columns]], ignore_index=True)
     return out
+
+
+def _silver_made(manifest: Path) -> dict[str, Any]:
+    """The teach stage's record of the silver pairs it made (task -> requested, rows); empty when
+    it has not run, or its manifest is unreadable (then no pairs count as made)."""
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return {}
+    silver = record.get("silver") if isinstance(record, dict) else None
+    return silver if isinstance(silver, dict) else {}
 
 
 def _sample(frame: pd.DataFrame, size: int | None, replace: bool, seed: int) -> pd.DataFrame:

@@ -193,3 +193,11 @@ def test_similarity_blocks_shrink_with_the_number_of_rows(monkeypatch: pytest.Mo
     vectors = rng.normal(size=(30, 5)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     assert silver._ranked_neighbours(vectors, 3).tolist() == [r[:3] for r in brute_force_ranked(vectors)]
+
+
+def test_an_unreadable_teach_manifest_counts_as_no_pairs_made(tmp_path: Path) -> None:
+    cfg = silver_config(tmp_path, 3)
+    write_silver(cfg, requested=3, rows=3)
+    (tmp_path / TEACH_MANIFEST).write_text("{not json")
+    with pytest.raises(UserError, match=r"silver\.para=3 \(run `mtbert teach`"):
+        with_silver(cfg, gold_frames())
